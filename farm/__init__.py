@@ -1,0 +1,1 @@
+"""zapfarm's control plane: parameters, scheduling, recording, triage and the web."""

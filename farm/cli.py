@@ -1,0 +1,151 @@
+"""The ``farm`` command line.
+
+Exit codes follow tuxrun: 0 success, 1 the farm found something (or a check
+failed), 2 infrastructure trouble or bad input, with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from farm.settings import Settings, SettingsError, load_settings
+
+err = Console(stderr=True)
+
+
+class FarmError(click.ClickException):
+    """An error the user can fix; shown without a traceback, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        err.print(f"[bold red]error:[/] {self.message}", highlight=False)
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    try:
+        return load_settings(ctx.obj.get("config") if ctx.obj else None)
+    except SettingsError as exc:
+        raise FarmError(str(exc)) from exc
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    help="farm.toml to read (default: $FARM_CONFIG, ./farm.toml)",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """zapfarm: fuzz the shmem hole-punch vs. page-migration race on many kernels."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.group()
+def guest() -> None:
+    """The guest image (initramfs with the agent and the trial program)."""
+
+
+@guest.command("build")
+@click.pass_context
+def guest_build(ctx: click.Context) -> None:
+    """Build the gzip'd cpio initramfs (content-addressed: instant when unchanged)."""
+    from farm.guest_image import GuestImageError, build_initramfs
+
+    settings = settings_from(ctx)
+    try:
+        with err.status("building the guest initramfs"):
+            path = build_initramfs(settings.cache_dir)
+    except GuestImageError as exc:
+        raise FarmError(str(exc)) from exc
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--trials", "-n", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary as the last line")
+@click.pass_context
+def demo(ctx: click.Context, trials: int, as_json: bool) -> None:
+    """Run a short real campaign: SQLite, a local worker, a TCG NUMA guest."""
+    from farm.broker import BrokerError
+    from farm.db import DatabaseError
+    from farm.demo import run_demo, summary_table
+    from farm.guest_image import GuestImageError
+    from farm.kernels import KernelNotFound
+    from workers.connection import HypervisorError
+
+    settings = settings_from(ctx)
+    console = Console(stderr=as_json)
+    try:
+        summary = run_demo(settings, trials, console)
+    except (BrokerError, DatabaseError, GuestImageError, KernelNotFound, HypervisorError) as exc:
+        raise FarmError(str(exc)) from exc
+    console.print(summary_table(summary))
+    if as_json:
+        click.echo(json.dumps(summary.to_json()))
+    if summary.verdicts.get("infra-error"):
+        sys.exit(2)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", default=1, show_default=True, help="worker processes (guests)")
+@click.option("--queues", "-Q", default="celery", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int, queues: str, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker that runs trials in libvirt guests (needs no database)."""
+    settings_from(ctx)  # fail on a broken farm.toml before Celery starts
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queues,
+        "--loglevel",
+        "INFO",
+        *celery_args,
+    ]
+    os.execv(sys.executable, argv)
+
+
+@main.group()
+def db() -> None:
+    """The results database."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    from farm.db import DatabaseError, upgrade
+    from farm.settings import redact_url
+
+    settings = settings_from(ctx)
+    try:
+        upgrade(settings.database_url)
+    except DatabaseError as exc:
+        raise FarmError(str(exc)) from exc
+    click.echo(f"database at {redact_url(settings.database_url)} is at the newest schema")
+
+
+def _add_triage() -> None:
+    try:
+        from farm.triage.commands import triage
+    except ModuleNotFoundError:  # TEMP until commands land
+        return
+    main.add_command(triage)
+
+
+_add_triage()

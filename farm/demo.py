@@ -1,0 +1,179 @@
+"""``farm demo``: a short real campaign on the embedded default.
+
+SQLite in the cache folder, a Redis that needs no set-up (``farm.broker``),
+a local Celery worker started and stopped here, a real TCG NUMA guest on the
+installed Debian kernel. Every trial goes through the same path as in a
+distributed farm: Celery message, worker, guest agent, validated result,
+verdict, recorder.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm.broker import local_redis
+from farm.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.dispatch import Dispatch, Recorded, collect
+from farm.guest_image import build_initramfs
+from farm.kernels import installed_kernel
+from farm.localworker import LocalWorker
+from farm.models import Campaign
+from farm.params import SeedToken
+from farm.recorder import enqueue
+from farm.settings import Settings
+from workers.connection import open_connection
+
+
+@dataclass
+class DemoSummary:
+    trials: int
+    kernel: str
+    verdicts: dict[str, int]
+    boots: int
+    numa_nodes: list[int]
+    setup_seconds: float
+    boot_seconds: float
+    trial_seconds: float
+    median_trial_seconds: float | None
+    seconds: float
+    tokens: list[str] = field(default_factory=list)
+    campaign: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trials": self.trials,
+            "verdicts": self.verdicts,
+            "kernel": self.kernel,
+            "boots": self.boots,
+            "seconds": round(self.seconds, 1),
+            "numa_nodes": sorted(set(self.numa_nodes)),
+            "setup_seconds": round(self.setup_seconds, 1),
+            "boot_seconds": round(self.boot_seconds, 1),
+            "trial_seconds": round(self.trial_seconds, 1),
+            "median_trial_seconds": self.median_trial_seconds,
+            "campaign": self.campaign,
+            "tokens": self.tokens,
+        }
+
+
+def check_hypervisor(settings: Settings) -> None:
+    """Fail early, naming the fix, if libvirtd is not there."""
+    open_connection(settings.libvirt_uri).close()
+
+
+def run_demo(settings: Settings, trials: int, console: Console) -> DemoSummary:
+    started = time.monotonic()
+    with console.status("setting up: libvirtd, guest image, database, kernel"):
+        check_hypervisor(settings)
+        build_initramfs(settings.cache_dir)
+        upgrade(settings.database_url)
+        kernel = installed_kernel()
+        engine = make_engine(settings.database_url)
+        sessions = session_factory(engine)
+        run_id = uuid.uuid4().hex[:8]
+        queue = f"zapfarm-demo-{run_id}"
+        tokens = [str(SeedToken.random()) for _ in range(trials)]
+        with sessions.begin() as session:
+            kernel_row = ensure_kernel(
+                session, kernel.name, kernel.release, str(kernel.path), kernel.sha256, kernel.source
+            )
+            campaign = Campaign(
+                name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}",
+                spec={"kind": "demo", "trials": trials, "kernels": [kernel.name]},
+                status="running",
+            )
+            session.add(campaign)
+            dispatches = []
+            for i, token in enumerate(tokens):
+                trial_id = f"demo-{run_id}-{i:04d}"
+                enqueue(
+                    session, trial_id=trial_id, token=token, kernel=kernel_row, campaign=campaign
+                )
+                dispatches.append(
+                    Dispatch(
+                        trial_id, token, kernel.name, str(kernel.path), settings.trial_deadline_s
+                    )
+                )
+            campaign_name = campaign.name
+
+    from workers.celery_app import app  # after settings are final: the app reads them
+
+    results: list[Recorded] = []
+    with local_redis(settings.broker_url), LocalWorker(settings, queue) as worker:
+        setup_seconds = time.monotonic() - started
+        columns = (
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task("booting the guest (TCG: ~15 s)", total=trials)
+
+            def advance(rec: Recorded) -> None:
+                progress.update(
+                    bar, advance=1, description=f"{rec.result.trial_id}: {rec.verdict.kind}"
+                )
+
+            results = collect(
+                app,
+                sessions,
+                dispatches,
+                queue,
+                on_result=advance,
+                alive=worker.alive,
+                timeout_s=trials * (settings.trial_deadline_s + 30) + settings.boot_deadline_s,
+            )
+    with sessions.begin() as session:
+        row = session.get(Campaign, campaign.id)
+        if row is not None:
+            row.status = "done"
+    engine.dispose()
+
+    verdicts = Counter(r.verdict.kind for r in results)
+    booted = [r.result for r in results if r.result.booted and r.result.guest]
+    boot_seconds = sum(r.guest.boot_seconds for r in booted if r.guest)
+    elapsed = [r.result.elapsed_ms / 1000 for r in results if r.result.elapsed_ms is not None]
+    total = time.monotonic() - started
+    return DemoSummary(
+        trials=len(results),
+        kernel=kernel.name,
+        verdicts=dict(sorted(verdicts.items())),
+        boots=len(booted),
+        numa_nodes=[r.result.guest.numa_nodes for r in results if r.result.guest],
+        setup_seconds=setup_seconds,
+        boot_seconds=boot_seconds,
+        trial_seconds=max(0.0, total - setup_seconds - boot_seconds),
+        median_trial_seconds=round(statistics.median(elapsed), 2) if elapsed else None,
+        seconds=total,
+        tokens=[r.result.token for r in results],
+        campaign=campaign_name,
+    )
+
+
+def summary_table(summary: DemoSummary) -> Table:
+    table = Table(title=f"demo campaign {summary.campaign} on {summary.kernel}")
+    table.add_column("verdict")
+    table.add_column("trials", justify="right")
+    for verdict, count in summary.verdicts.items():
+        table.add_row(verdict, str(count))
+    table.add_section()
+    table.add_row("guest boots", str(summary.boots))
+    table.add_row("NUMA nodes seen", ", ".join(str(n) for n in sorted(set(summary.numa_nodes))))
+    table.add_row("median trial seconds", str(summary.median_trial_seconds))
+    table.add_row(
+        "wall seconds (set-up / boot / trials)",
+        f"{summary.seconds:.1f} ({summary.setup_seconds:.1f} / {summary.boot_seconds:.1f} / "
+        f"{summary.trial_seconds:.1f})",
+    )
+    return table

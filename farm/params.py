@@ -1,0 +1,252 @@
+"""Trial parameters, derived deterministically from a printable seed token.
+
+A seed token is what people paste from a bug report::
+
+    zf1-8188e2f542964e0c                     parameter space v1, 64-bit seed
+    zf1-8188e2f542964e0c~pages=512,rounds=1  the same, with explicit overrides
+
+Every parameter is drawn from its own hash of ``(version, seed, field)``, so
+adding a field to a future space never shifts the values of the others, and
+the derivation does not depend on Python's ``random`` implementation.
+
+This module is the one place that defines what a trial's parameters are:
+their ranges, how they are drawn, how they are checked and how they become
+the trial program's command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SPACE_VERSION = 1
+KNOWN_VERSIONS = frozenset({1})
+
+PUNCH_METHODS = ("fallocate", "madvise")
+PLACEMENTS = ("any", "same", "split")  # threads unpinned, all on one CPU, spread over CPUs
+
+_TOKEN_RE = re.compile(r"^zf(?P<version>\d+)-(?P<seed>[0-9a-f]{16})(?:~(?P<overrides>.*))?$")
+_OVERRIDE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
+
+
+class TokenError(ValueError):
+    """A seed token that cannot be read; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How one parameter is drawn from a seed and which values are valid."""
+
+    draw: Callable[[int], Any]  # uniform 64-bit integer -> value
+    valid: Callable[[Any], bool]
+    help: str
+
+
+def _int_range(lo: int, hi: int) -> Callable[[int], int]:
+    return lambda u: lo + u % (hi - lo + 1)
+
+
+def _log_range(lo: int, hi: int) -> Callable[[int], int]:
+    """Log-uniform integers: small buffers are as interesting as large ones."""
+
+    def draw(u: int) -> int:
+        x = (u >> 11) / float(1 << 53)
+        return min(hi, round(math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))))
+
+    return draw
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[int], str]:
+    return lambda u: options[u % len(options)]
+
+
+def _between(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in options
+
+
+# Hard limits: what the trial program and the guest accept. Draws stay inside
+# a narrower default range; overrides (presets, minimization) may use the rest.
+MAX_PAGES = 1 << 16  # 256 MiB of 4 KiB pages: the seed program's buffer
+
+KNOBS: dict[str, Knob] = {
+    "pages": Knob(_log_range(64, 8192), _between(1, MAX_PAGES), "buffer size in pages"),
+    "evict_delay_min_us": Knob(
+        _int_range(0, 10), _between(0, 1_000_000), "evictor sleep before each punch, lower bound"
+    ),
+    "evict_delay_max_us": Knob(
+        _int_range(10, 60), _between(0, 1_000_000), "evictor sleep before each punch, upper bound"
+    ),
+    "kick_delay_us": Knob(
+        _int_range(0, 30), _between(0, 1_000_000), "main thread sleep after waking the evictor"
+    ),
+    "batch": Knob(_log_range(1, 64), _between(1, MAX_PAGES), "pages per move_pages() call"),
+    "src_node": Knob(lambda u: 0, _between(0, 63), "node everything is first moved to"),
+    "dst_node": Knob(lambda u: 1, _between(0, 63), "node each page is then moved to"),
+    "rounds": Knob(_int_range(1, 3), _between(1, 64), "ping-pong rounds between the two nodes"),
+    "punch": Knob(_choice(PUNCH_METHODS), _one_of(PUNCH_METHODS), "how pages are punched"),
+    "evictors": Knob(_int_range(1, 2), _between(1, 16), "evictor threads"),
+    "placement": Knob(_choice(PLACEMENTS), _one_of(PLACEMENTS), "CPU placement of the threads"),
+    "rng_seed": Knob(lambda u: u & 0xFFFFFFFF, _between(0, 0xFFFFFFFF), "trial program RNG seed"),
+}
+
+# The seed thread's program, exactly: 256 MiB, usleep(random() % 30) in the
+# evictor, usleep(10) after each kick, everything to node 0, then each page to 1.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed-2022": {
+        "pages": MAX_PAGES,
+        "evict_delay_min_us": 0,
+        "evict_delay_max_us": 29,
+        "kick_delay_us": 10,
+        "batch": 1,
+        "src_node": 0,
+        "dst_node": 1,
+        "rounds": 1,
+        "punch": "fallocate",
+        "evictors": 1,
+        "placement": "any",
+    },
+}
+
+
+def _uniform(version: int, seed: int, name: str) -> int:
+    digest = hashlib.blake2b(f"zapfarm:{version}:{seed:016x}:{name}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """Everything that decides what one trial does (parameter space v1)."""
+
+    pages: int
+    evict_delay_min_us: int
+    evict_delay_max_us: int
+    kick_delay_us: int
+    batch: int
+    src_node: int
+    dst_node: int
+    rounds: int
+    punch: str
+    evictors: int
+    placement: str
+    rng_seed: int
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{f.name}={getattr(self, f.name)!r} ({KNOBS[f.name].help})"
+            for f in dataclasses.fields(self)
+            if not KNOBS[f.name].valid(getattr(self, f.name))
+        ]
+        if self.evict_delay_min_us > self.evict_delay_max_us:
+            problems.append("evict_delay_min_us is above evict_delay_max_us")
+        if self.src_node == self.dst_node:
+            problems.append("src_node and dst_node must differ")
+        if problems:
+            raise ValueError("invalid trial parameters: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialParams:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown trial parameters: {', '.join(sorted(unknown))}")
+        missing = names - set(data)
+        if missing:
+            raise ValueError(f"missing trial parameters: {', '.join(sorted(missing))}")
+        return cls(**data)
+
+    def argv(self) -> list[str]:
+        """The trial program's command line (guest/zapmigrate.c reads these flags)."""
+        args: list[str] = []
+        for name, value in self.to_dict().items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        return args
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.pages * 4096
+
+
+@dataclass(frozen=True)
+class SeedToken:
+    """A versioned 64-bit seed plus explicit overrides: the name of a trial."""
+
+    seed: int
+    version: int = SPACE_VERSION
+    overrides: tuple[tuple[str, Any], ...] = field(default=())
+
+    @classmethod
+    def random(cls, version: int = SPACE_VERSION) -> SeedToken:
+        return cls(seed=secrets.randbits(64), version=version)
+
+    @classmethod
+    def parse(cls, text: str) -> SeedToken:
+        text = text.strip()
+        m = _TOKEN_RE.match(text)
+        if not m:
+            raise TokenError(
+                f"malformed seed token {text[:80]!r}: expected zf<version>-<16 hex digits>"
+                "[~name=value,...], e.g. zf1-8188e2f542964e0c"
+            )
+        version = int(m["version"])
+        if version not in KNOWN_VERSIONS:
+            raise TokenError(
+                f"seed token {text[:80]!r} uses parameter space v{version}; this farm knows "
+                f"v{', v'.join(str(v) for v in sorted(KNOWN_VERSIONS))} (upgrade zapfarm)"
+            )
+        overrides: list[tuple[str, Any]] = []
+        if m["overrides"]:
+            for item in m["overrides"].split(","):
+                if not _OVERRIDE_RE.match(item):
+                    raise TokenError(f"malformed override {item[:40]!r} in seed token")
+                name, raw = item.split("=", 1)
+                if name not in KNOBS:
+                    raise TokenError(f"unknown parameter {name!r} in seed token overrides")
+                overrides.append((name, int(raw) if raw.lstrip("-").isdigit() else raw))
+        token = cls(seed=int(m["seed"], 16), version=version, overrides=tuple(overrides))
+        try:
+            token.params()
+        except ValueError as exc:
+            raise TokenError(f"seed token {text[:80]!r}: {exc}") from exc
+        return token
+
+    def with_overrides(self, values: Mapping[str, Any]) -> SeedToken:
+        merged = dict(self.overrides) | dict(values)
+        return dataclasses.replace(self, overrides=tuple(sorted(merged.items())))
+
+    def with_preset(self, name: str) -> SeedToken:
+        if name not in PRESETS:
+            raise TokenError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return self.with_overrides(PRESETS[name])
+
+    def params(self) -> TrialParams:
+        values = {
+            name: knob.draw(_uniform(self.version, self.seed, name)) for name, knob in KNOBS.items()
+        }
+        values.update(self.overrides)
+        if values["evict_delay_min_us"] > values["evict_delay_max_us"]:
+            values["evict_delay_max_us"] = values["evict_delay_min_us"]
+        return TrialParams(**values)
+
+    def __str__(self) -> str:
+        text = f"zf{self.version}-{self.seed:016x}"
+        if self.overrides:
+            text += "~" + ",".join(f"{k}={v}" for k, v in sorted(self.overrides))
+        return text
+
+
+def params_for(token: str) -> TrialParams:
+    """Parse a token and derive its parameters in one step."""
+    return SeedToken.parse(token).params()

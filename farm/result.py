@@ -1,0 +1,173 @@
+"""What a worker returns for one trial, validated and bounded.
+
+Guest output is untrusted: a guest kernel can print anything, and the trial
+program runs on the kernel under test. Everything that crosses from the guest
+to the control plane goes through these models: sizes are capped, numbers are
+range-checked and unknown fields are rejected, so one broken guest can mark
+its own trial but never corrupt another's record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_CONSOLE_BYTES = 256 * 1024  # console excerpt kept with one trial
+MAX_OUTPUT_BYTES = 64 * 1024  # the trial program's stdout, as the agent relays it
+MAX_ERROR_CHARS = 2000
+
+Count = Annotated[int, Field(ge=0, le=1 << 40)]
+Int32 = Annotated[int, Field(ge=-(1 << 31), le=(1 << 31) - 1)]
+Epoch = Annotated[float, Field(ge=0, le=1 << 40, allow_inf_nan=False)]
+Kb = Annotated[int, Field(ge=-(1 << 40), le=1 << 40)]  # counters can go negative on a bad kernel
+ShortStr = Annotated[str, Field(max_length=256)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Migrate(_Strict):
+    calls: Count
+    call_errors: Count
+    moved: Count
+    enoent: Count
+    ebusy: Count
+    other: Count
+    other_errnos: dict[Annotated[str, Field(pattern=r"^-?\d{1,4}$")], Count] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+class Punch(_Strict):
+    calls: Count
+    errors: Count
+
+
+class Vma(_Strict):
+    found: bool
+    rss_kb: Kb | None
+    pss_shmem_kb: Kb | None
+
+
+class Rollup(_Strict):
+    pss_shmem_kb: Kb | None
+
+
+class RssShmem(_Strict):
+    before: Kb | None
+    populated: Kb | None
+    punched: Kb | None
+
+
+class ProgramOutput(_Strict):
+    """The JSON object guest/zapmigrate.c prints (docs/protocol.md)."""
+
+    program: Literal["zapmigrate"]
+    format: Literal[1]
+    inputs: dict[ShortStr, int | ShortStr] = Field(max_length=64)
+    kernel: ShortStr
+    numa_nodes: Annotated[int, Field(ge=0, le=1024)]
+    page_size: Annotated[int, Field(ge=0, le=1 << 30)]
+    migrate: Migrate
+    punch: Punch
+    vma: Vma
+    rollup: Rollup
+    rss_shmem_kb: RssShmem
+    timing_us: dict[ShortStr, Count] = Field(max_length=32)
+    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None
+
+
+Outcome = Literal[
+    "ok",  # the agent answered and the program printed valid JSON
+    "program-error",  # the agent answered, the program's output is missing or invalid
+    "timeout",  # the program was still running at its deadline (the agent killed it)
+    "guest-died",  # the guest stopped answering: panic, reset, or the domain is gone
+    "invalid-guest",  # the guest cannot run this trial (fewer than 2 NUMA nodes)
+    "infra-error",  # boot failure, libvirt error, missing image: not the kernel's fault
+]
+
+
+class GuestInfo(_Strict):
+    name: ShortStr
+    boot_id: ShortStr
+    kernel_release: ShortStr
+    numa_nodes: Annotated[int, Field(ge=0, le=1024)]
+    virt_type: Literal["kvm", "qemu"]
+    boot_seconds: Annotated[float, Field(ge=0)]
+    trials_on_boot: Count  # trials this boot ran, this one included
+
+
+class TrialResult(_Strict):
+    """One trial's outcome as a worker reports it; the recorder stores it once."""
+
+    trial_id: ShortStr
+    token: ShortStr
+    kernel: ShortStr
+    worker: ShortStr
+    outcome: Outcome
+    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None = None
+    guest: GuestInfo | None = None
+    booted: bool = False  # this trial paid for a fresh boot
+    exit_code: Int32 | None = None
+    signal: Int32 | None = None
+    elapsed_ms: Count | None = None
+    program: ProgramOutput | None = None
+    output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES)] = ""  # raw stdout when unparsable
+    console: Annotated[str, Field(max_length=MAX_CONSOLE_BYTES)] = ""
+    console_truncated: bool = False
+    started_at: Epoch
+    finished_at: Epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ResultError(ValueError):
+    """A result that failed validation; the message names the field."""
+
+
+def clip(text: str, limit: int) -> tuple[str, bool]:
+    """Keep the head and tail of an oversized text: reports start early, panics come last."""
+    if len(text) <= limit:
+        return text, False
+    marker = "\n[... zapfarm: {} characters cut ...]\n"
+    keep = limit - len(marker.format(len(text))) - 8
+    head = keep // 2
+    return text[:head] + marker.format(len(text) - keep) + text[-(keep - head) :], True
+
+
+def parse_program_output(raw: str) -> ProgramOutput:
+    """Parse and validate the trial program's stdout (one JSON object)."""
+    if len(raw) > MAX_OUTPUT_BYTES:
+        raise ResultError(f"trial program printed {len(raw)} bytes, limit {MAX_OUTPUT_BYTES}")
+    text = raw.strip()
+    if not text:
+        raise ResultError("trial program printed nothing")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultError(f"trial program output is not JSON: {exc.msg} at char {exc.pos}") from exc
+    try:
+        return ProgramOutput.model_validate(data)
+    except ValidationError as exc:
+        raise ResultError(f"trial program output failed validation: {_describe(exc)}") from exc
+
+
+def validate_result(data: Any) -> TrialResult:
+    """Validate a result dict from the broker; the error names the bad fields."""
+    try:
+        return TrialResult.model_validate(data)
+    except ValidationError as exc:
+        raise ResultError(f"trial result failed validation: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

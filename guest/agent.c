@@ -1,0 +1,1178 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * agent: the guest's /init. It answers the worker on /dev/ttyS1 with framed
+ * JSON messages (docs/protocol.md) and runs one trial program at a time.
+ *
+ * Why it is shaped like this:
+ * - ttyS1 is opened once and kept open in raw mode: reopening it per message
+ *   loses the first bytes of the next one (measured, shared/DESIGN.md).
+ * - Every message is framed with a length and a CRC-32, and junk between
+ *   frames is skipped, so a noisy or lossy serial line costs one request,
+ *   never the agent's state.
+ * - A trial runs in its own process group with a deadline; the agent never
+ *   waits on it without one, and kills the whole group when it is over.
+ * - The "end" marker goes to /dev/kmsg only after the child was reaped and
+ *   this process has visited every CPU, so a lazily dropped mm has been torn
+ *   down and check_mm()'s "Bad rss-counter" lines sit inside the markers.
+ * - As PID 1 it must never exit (the kernel would panic): fatal trouble is
+ *   logged and the agent sleeps forever.
+ *
+ * Host testing: `agent --tty PATH --program PATH [--kmsg PATH|--no-kmsg]`
+ * skips PID-1 duties (mounts, console level) and exits when the tty hangs up.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/klog.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define AGENT_VERSION 1
+#define MAX_REQUEST (64 * 1024)		/* payload bytes of one host->guest frame */
+#define MAX_LINE (MAX_REQUEST + 32)	/* header + payload + newline */
+#define MAX_OUTPUT (64 * 1024)		/* trial stdout relayed to the host */
+#define MAX_ARGS 256
+#define MAX_ARG_LEN 4096
+#define MAX_ID 128
+#define MAX_DEADLINE_MS (24LL * 3600 * 1000)
+#define LINGER_MS 100			/* after the child exits, wait this long for EOF */
+#define KILL_WAIT_MS 5000		/* after SIGKILL, wait this long to reap */
+#define CONSOLE_LOGLEVEL 7		/* everything but KERN_DEBUG on ttyS0 (hung-task traces are KERN_INFO) */
+
+static const char *tty_path = "/dev/ttyS1";
+static const char *program = "/bin/zapmigrate";
+static const char *kmsg_path = "/dev/kmsg";	/* NULL: no markers */
+static bool pid1;
+static int tty = -1;
+static bool tty_eof;		/* read() gave EOF or an error: the host hung up */
+static int sigchld_pipe[2] = { -1, -1 };
+
+static char inbuf[2 * MAX_LINE];
+static size_t inlen;
+
+/* ---- logging and dying ------------------------------------------------- */
+
+/* Write one line to /dev/kmsg; opened per line so its write ratelimit never
+ * applies to a long-lived file (10 lines per 5 s per open file by default). */
+static void kmsg(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int fd, n;
+
+	if (!kmsg_path)
+		return;
+	n = snprintf(line, sizeof(line), "<5>");
+	va_start(ap, fmt);
+	n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(line) - 2)
+		n = (int)sizeof(line) - 2;
+	line[n++] = '\n';
+	fd = open(kmsg_path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return;
+	if (write(fd, line, (size_t)n) < 0) {
+		/* best effort: the host then simply sees no markers */
+	}
+	close(fd);
+}
+
+static void logmsg(const char *fmt, ...)
+{
+	char line[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (pid1)
+		kmsg("zapfarm: agent: %s", line);
+	else
+		fprintf(stderr, "agent: %s\n", line);
+}
+
+static void __attribute__((noreturn)) die(const char *fmt, ...)
+{
+	char line[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	logmsg("fatal: %s", line);
+	if (!pid1)
+		exit(1);
+	for (;;)
+		pause();	/* init must not exit: the kernel would panic */
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- growable string buffer -------------------------------------------- */
+
+struct sbuf {
+	char *data;
+	size_t len, cap;
+};
+
+static void sb_reserve(struct sbuf *b, size_t extra)
+{
+	if (b->len + extra + 1 <= b->cap)
+		return;
+	while (b->len + extra + 1 > b->cap)
+		b->cap = b->cap ? b->cap * 2 : 1024;
+	b->data = realloc(b->data, b->cap);
+	if (!b->data)
+		die("out of memory");
+}
+
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+	sb_reserve(b, n);
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	sb_reserve(b, (size_t)n);
+	va_start(ap, fmt);
+	vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+}
+
+/* Length of the valid UTF-8 sequence at s (RFC 3629), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+	size_t len;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;	/* overlong */
+	else if (c == 0xed)
+		hi = 0x9f;	/* surrogates */
+	else if (c == 0xf0)
+		lo = 0x90;	/* overlong */
+	else if (c == 0xf4)
+		hi = 0x8f;	/* above U+10FFFF */
+	if (n < len || s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+/* A JSON string from untrusted bytes: invalid UTF-8 becomes U+FFFD. */
+static void sb_json_bytes(struct sbuf *b, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	sb_add(b, "\"", 1);
+	for (size_t i = 0; i < n;) {
+		unsigned char c = p[i];
+		size_t len;
+
+		if (c == '"' || c == '\\') {
+			char esc[2] = { '\\', (char)c };
+
+			sb_add(b, esc, 2);
+			i++;
+		} else if (c == '\n') {
+			sb_add(b, "\\n", 2);
+			i++;
+		} else if (c == '\t') {
+			sb_add(b, "\\t", 2);
+			i++;
+		} else if (c < 0x20 || c == 0x7f) {
+			sb_printf(b, "\\u%04x", c);
+			i++;
+		} else if (c < 0x80) {
+			sb_add(b, (const char *)p + i, 1);
+			i++;
+		} else if ((len = utf8_len(p + i, n - i))) {
+			sb_add(b, (const char *)p + i, len);
+			i += len;
+		} else {
+			sb_add(b, "\\ufffd", 6);
+			i++;
+		}
+	}
+	sb_add(b, "\"", 1);
+}
+
+static void sb_json_str(struct sbuf *b, const char *s)
+{
+	if (s)
+		sb_json_bytes(b, s, strlen(s));
+	else
+		sb_add(b, "null", 4);
+}
+
+/* ---- framing ------------------------------------------------------------ */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+		crc_table[i] = c;
+	}
+}
+
+/* CRC-32 (IEEE 802.3), the same as zlib's crc32(). */
+static uint32_t crc32_ieee(const char *data, size_t n)
+{
+	uint32_t c = 0xffffffffu;
+
+	for (size_t i = 0; i < n; i++)
+		c = crc_table[(c ^ (unsigned char)data[i]) & 0xff] ^ (c >> 8);
+	return c ^ 0xffffffffu;
+}
+
+static void write_all(int fd, const char *data, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, data, n);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+				poll(&pfd, 1, 1000);
+				continue;
+			}
+			logmsg("write to %s: %s", tty_path, strerror(errno));
+			return;
+		}
+		data += w;
+		n -= (size_t)w;
+	}
+}
+
+static void send_frame(const struct sbuf *payload)
+{
+	struct sbuf frame = { 0 };
+
+	sb_printf(&frame, "@ZF %zu %08x ", payload->len, crc32_ieee(payload->data, payload->len));
+	sb_add(&frame, payload->data, payload->len);
+	sb_add(&frame, "\n", 1);
+	write_all(tty, frame.data, frame.len);
+	free(frame.data);
+}
+
+static void send_error(const char *id, const char *error)
+{
+	struct sbuf b = { 0 };
+
+	sb_add(&b, "{\"op\": \"error\", \"id\": ", 22);
+	sb_json_str(&b, id);
+	sb_add(&b, ", \"error\": ", 11);
+	sb_json_str(&b, error);
+	sb_add(&b, "}", 1);
+	send_frame(&b);
+	free(b.data);
+}
+
+/* ---- request parsing: flat JSON objects ---------------------------------- */
+
+struct request {
+	char op[16];
+	char id[MAX_ID + 1];
+	bool has_op, has_id, has_argv, has_deadline;
+	char *argv[MAX_ARGS + 2];	/* [0] is the program, NULL-terminated */
+	int argc;
+	long long deadline_ms;
+	char error[128];
+};
+
+struct parser {
+	const char *p, *end;
+	struct request *rq;
+};
+
+static bool fail(struct parser *ps, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!ps->rq->error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(ps->rq->error, sizeof(ps->rq->error), fmt, ap);
+		va_end(ap);
+	}
+	return false;
+}
+
+static void skip_ws(struct parser *ps)
+{
+	while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+		ps->p++;
+}
+
+static bool expect(struct parser *ps, char c)
+{
+	skip_ws(ps);
+	if (ps->p >= ps->end || *ps->p != c)
+		return fail(ps, "malformed JSON: expected '%c'", c);
+	ps->p++;
+	return true;
+}
+
+static int hex4(const char *s)
+{
+	int v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/* A JSON string into a NUL-terminated sbuf; NUL characters are refused. */
+static bool parse_string(struct parser *ps, struct sbuf *out)
+{
+	skip_ws(ps);
+	if (ps->p >= ps->end || *ps->p != '"')
+		return fail(ps, "malformed JSON: expected a string");
+	ps->p++;
+	sb_add(out, "", 0);
+	while (ps->p < ps->end && *ps->p != '"') {
+		unsigned char c = (unsigned char)*ps->p++;
+		char utf8[4];
+		long cp;
+		int n;
+
+		if (c < 0x20)
+			return fail(ps, "malformed JSON: control character in string");
+		if (c != '\\') {
+			sb_add(out, (const char *)&c, 1);
+			continue;
+		}
+		if (ps->p >= ps->end)
+			break;
+		c = (unsigned char)*ps->p++;
+		switch (c) {
+		case '"': case '\\': case '/':
+			sb_add(out, (const char *)&c, 1);
+			continue;
+		case 'b': sb_add(out, "\b", 1); continue;
+		case 'f': sb_add(out, "\f", 1); continue;
+		case 'n': sb_add(out, "\n", 1); continue;
+		case 'r': sb_add(out, "\r", 1); continue;
+		case 't': sb_add(out, "\t", 1); continue;
+		case 'u': break;
+		default:
+			return fail(ps, "malformed JSON: bad escape");
+		}
+		if (ps->end - ps->p < 4 || (cp = hex4(ps->p)) < 0)
+			return fail(ps, "malformed JSON: bad \\u escape");
+		ps->p += 4;
+		if (cp >= 0xd800 && cp <= 0xdbff) {
+			long lo;
+
+			if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' ||
+			    (lo = hex4(ps->p + 2)) < 0xdc00 || lo > 0xdfff)
+				return fail(ps, "malformed JSON: lone surrogate");
+			ps->p += 6;
+			cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+		} else if (cp >= 0xdc00 && cp <= 0xdfff) {
+			return fail(ps, "malformed JSON: lone surrogate");
+		}
+		if (cp == 0)
+			return fail(ps, "NUL character in string");
+		if (cp < 0x80) {
+			utf8[0] = (char)cp;
+			n = 1;
+		} else if (cp < 0x800) {
+			utf8[0] = (char)(0xc0 | (cp >> 6));
+			utf8[1] = (char)(0x80 | (cp & 0x3f));
+			n = 2;
+		} else if (cp < 0x10000) {
+			utf8[0] = (char)(0xe0 | (cp >> 12));
+			utf8[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+			utf8[2] = (char)(0x80 | (cp & 0x3f));
+			n = 3;
+		} else {
+			utf8[0] = (char)(0xf0 | (cp >> 18));
+			utf8[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+			utf8[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+			utf8[3] = (char)(0x80 | (cp & 0x3f));
+			n = 4;
+		}
+		sb_add(out, utf8, (size_t)n);
+	}
+	if (ps->p >= ps->end)
+		return fail(ps, "malformed JSON: unterminated string");
+	ps->p++;
+	return true;
+}
+
+/* An integer without fraction or exponent, as deadline_ms must be. */
+static char peek(struct parser *ps)
+{
+	skip_ws(ps);
+	return ps->p < ps->end ? *ps->p : '\0';
+}
+
+static bool parse_int(struct parser *ps, long long *value)
+{
+	bool neg = false;
+	long long v = 0;
+	int digits = 0;
+
+	skip_ws(ps);
+	if (ps->p < ps->end && *ps->p == '-') {
+		neg = true;
+		ps->p++;
+	}
+	while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
+		if (++digits > 15)
+			return fail(ps, "deadline_ms is too large");
+		v = v * 10 + (*ps->p++ - '0');
+	}
+	if (!digits || (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E')))
+		return fail(ps, "deadline_ms must be an integer");
+	*value = neg ? -v : v;
+	return true;
+}
+
+/* Any JSON value, discarded: unknown keys are ignored, not refused. */
+static bool skip_value(struct parser *ps, int depth)
+{
+	skip_ws(ps);
+	if (depth > 8)
+		return fail(ps, "JSON nested too deeply");
+	if (ps->p >= ps->end)
+		return fail(ps, "malformed JSON: value expected");
+	if (*ps->p == '"') {
+		struct sbuf s = { 0 };
+		bool ok = parse_string(ps, &s);
+
+		free(s.data);
+		return ok;
+	}
+	if (*ps->p == '[' || *ps->p == '{') {
+		char close = *ps->p == '[' ? ']' : '}';
+
+		ps->p++;
+		skip_ws(ps);
+		if (ps->p < ps->end && *ps->p == close) {
+			ps->p++;
+			return true;
+		}
+		for (;;) {
+			if (close == '}') {
+				struct sbuf key = { 0 };
+				bool ok = parse_string(ps, &key) && expect(ps, ':');
+
+				free(key.data);
+				if (!ok)
+					return false;
+			}
+			if (!skip_value(ps, depth + 1))
+				return false;
+			skip_ws(ps);
+			if (ps->p < ps->end && *ps->p == ',') {
+				ps->p++;
+				continue;
+			}
+			return expect(ps, close);
+		}
+	}
+	if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) {
+		while (ps->p < ps->end && strchr("+-.eE0123456789", *ps->p))
+			ps->p++;
+		return true;
+	}
+	for (const char *const *lit = (const char *const[]){ "true", "false", "null", NULL }; *lit; lit++) {
+		size_t n = strlen(*lit);
+
+		if ((size_t)(ps->end - ps->p) >= n && !memcmp(ps->p, *lit, n)) {
+			ps->p += n;
+			return true;
+		}
+	}
+	return fail(ps, "malformed JSON: unexpected character");
+}
+
+static bool parse_argv(struct parser *ps)
+{
+	struct request *rq = ps->rq;
+
+	if (peek(ps) != '[')
+		return fail(ps, "argv must be an array of strings");
+	ps->p++;
+	skip_ws(ps);
+	if (ps->p < ps->end && *ps->p == ']') {
+		ps->p++;
+		return true;
+	}
+	for (;;) {
+		struct sbuf s = { 0 };
+
+		if (rq->argc >= MAX_ARGS + 1)
+			return fail(ps, "argv has more than %d entries", MAX_ARGS);
+		if (peek(ps) != '"' || !parse_string(ps, &s)) {
+			free(s.data);
+			return fail(ps, "argv must be an array of strings");
+		}
+		if (s.len > MAX_ARG_LEN) {
+			free(s.data);
+			return fail(ps, "argv entry longer than %d bytes", MAX_ARG_LEN);
+		}
+		rq->argv[rq->argc++] = s.data;
+		skip_ws(ps);
+		if (ps->p < ps->end && *ps->p == ',') {
+			ps->p++;
+			continue;
+		}
+		if (peek(ps) != ']')
+			return fail(ps, "argv must be an array of strings");
+		ps->p++;
+		return true;
+	}
+}
+
+static bool valid_id(const char *id, size_t len)
+{
+	if (!len || len > MAX_ID)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (id[i] < 0x21 || id[i] > 0x7e)
+			return false;	/* printable ASCII without spaces: it goes into kmsg lines */
+	return true;
+}
+
+static bool parse_request(const char *payload, size_t len, struct request *rq)
+{
+	struct parser ps = { payload, payload + len, rq };
+
+	rq->argv[0] = strdup(program);
+	rq->argc = 1;
+	if (!expect(&ps, '{'))
+		return false;
+	skip_ws(&ps);
+	if (ps.p < ps.end && *ps.p == '}') {
+		ps.p++;
+		goto done;
+	}
+	for (;;) {
+		struct sbuf key = { 0 };
+		bool ok = parse_string(&ps, &key) && expect(&ps, ':');
+
+		if (ok && !strcmp(key.data, "op")) {
+			struct sbuf v = { 0 };
+
+			ok = !rq->has_op || fail(&ps, "duplicate key \"op\"");
+			ok = ok && (peek(&ps) == '"' || fail(&ps, "op must be a string"));
+			ok = ok && parse_string(&ps, &v);
+			if (ok && v.len >= sizeof(rq->op))
+				ok = fail(&ps, "unknown op");
+			if (ok)
+				memcpy(rq->op, v.data, v.len + 1);
+			rq->has_op = true;
+			free(v.data);
+		} else if (ok && !strcmp(key.data, "id")) {
+			struct sbuf v = { 0 };
+
+			ok = !rq->has_id || fail(&ps, "duplicate key \"id\"");
+			ok = ok && (peek(&ps) == '"' || fail(&ps, "id must be a string"));
+			ok = ok && parse_string(&ps, &v);
+			if (ok && !valid_id(v.data, v.len))
+				ok = fail(&ps, "id must be 1-%d printable ASCII characters without spaces", MAX_ID);
+			if (ok) {
+				memcpy(rq->id, v.data, v.len + 1);
+				rq->has_id = true;
+			}
+			free(v.data);
+		} else if (ok && !strcmp(key.data, "argv")) {
+			ok = (!rq->has_argv || fail(&ps, "duplicate key \"argv\"")) && parse_argv(&ps);
+			rq->has_argv = true;
+		} else if (ok && !strcmp(key.data, "deadline_ms")) {
+			ok = !rq->has_deadline || fail(&ps, "duplicate key \"deadline_ms\"");
+			ok = ok && parse_int(&ps, &rq->deadline_ms);
+			rq->has_deadline = true;
+		} else if (ok) {
+			ok = skip_value(&ps, 1);
+		}
+		free(key.data);
+		if (!ok)
+			return false;
+		skip_ws(&ps);
+		if (ps.p < ps.end && *ps.p == ',') {
+			ps.p++;
+			continue;
+		}
+		if (!expect(&ps, '}'))
+			return false;
+		break;
+	}
+done:
+	skip_ws(&ps);
+	if (ps.p != ps.end)
+		return fail(&ps, "malformed JSON: trailing data after the object");
+	rq->argv[rq->argc] = NULL;
+	return true;
+}
+
+static void free_request(struct request *rq)
+{
+	for (int i = 0; i < rq->argc; i++)
+		free(rq->argv[i]);
+}
+
+/* ---- running a trial ------------------------------------------------------ */
+
+static void on_sigchld(int sig)
+{
+	int saved = errno;
+	char c = (char)sig;
+
+	if (write(sigchld_pipe[1], &c, 1) < 0) {
+		/* pipe full: a wakeup is already pending */
+	}
+	errno = saved;
+}
+
+static void drain_fd(int fd)
+{
+	char scratch[256];
+
+	while (read(fd, scratch, sizeof(scratch)) > 0)
+		;
+}
+
+/* Read what the host sent while a trial runs, so the line never stalls. */
+static void read_tty(void)
+{
+	ssize_t n = read(tty, inbuf + inlen, sizeof(inbuf) - inlen);
+
+	if (n > 0)
+		inlen += (size_t)n;
+	else if (n == 0 || (errno != EINTR && errno != EAGAIN))
+		tty_eof = true;
+}
+
+/* The tty to poll, or -1 while the host is gone or inbuf has no room. */
+static int tty_poll_fd(void)
+{
+	return tty_eof || inlen >= sizeof(inbuf) ? -1 : tty;
+}
+
+static void reap_orphans(void)
+{
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
+}
+
+/* Run every CPU once so lazily held mms of the dead child get dropped now. */
+static void visit_all_cpus(void)
+{
+	cpu_set_t orig, one;
+
+	if (sched_getaffinity(0, sizeof(orig), &orig))
+		return;
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (!CPU_ISSET(c, &orig))
+			continue;
+		CPU_ZERO(&one);
+		CPU_SET(c, &one);
+		sched_setaffinity(0, sizeof(one), &one);
+	}
+	sched_setaffinity(0, sizeof(orig), &orig);
+}
+
+static void run_trial(const struct request *rq)
+{
+	static char scratch[16384];
+	struct sbuf out = { 0 }, reply = { 0 };
+	int pipe_out[2], pipe_exec[2], exec_errno = 0, wstatus = 0;
+	bool reaped = false, exited = false, timed_out = false, truncated = false, killed = false;
+	uint64_t start, deadline, linger = 0, elapsed;
+	pid_t pid;
+
+	if (rq->deadline_ms < 1 || rq->deadline_ms > MAX_DEADLINE_MS) {
+		send_error(rq->id, "deadline_ms must be between 1 and 86400000");
+		return;
+	}
+	if (pipe2(pipe_out, O_CLOEXEC) || pipe2(pipe_exec, O_CLOEXEC)) {
+		send_error(rq->id, "pipe failed");
+		return;
+	}
+	kmsg("zapfarm: trial %s begin", rq->id);
+	start = now_ms();
+	pid = fork();
+	if (pid == 0) {
+		static char *const envp[] = { "PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/", NULL };
+		sigset_t none;
+		int null = open("/dev/null", O_RDWR);
+
+		setpgid(0, 0);
+		signal(SIGPIPE, SIG_DFL);
+		signal(SIGCHLD, SIG_DFL);
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		dup2(pipe_out[1], 1);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 2);	/* never onto ttyS0: that is the kernel's channel */
+		}
+		execve(program, rq->argv, envp);
+		exec_errno = errno;
+		if (write(pipe_exec[1], &exec_errno, sizeof(exec_errno)) < 0)
+			_exit(126);
+		_exit(127);
+	}
+	close(pipe_out[1]);
+	close(pipe_exec[1]);
+	if (pid < 0) {
+		close(pipe_out[0]);
+		close(pipe_exec[0]);
+		kmsg("zapfarm: trial %s end", rq->id);
+		send_error(rq->id, "fork failed");
+		return;
+	}
+	setpgid(pid, pid);	/* both sides, so the group exists before any kill */
+	if (read(pipe_exec[0], &exec_errno, sizeof(exec_errno)) != sizeof(exec_errno))
+		exec_errno = 0;
+	close(pipe_exec[0]);
+	if (exec_errno)
+		close(pipe_out[0]), pipe_out[0] = -1;
+	deadline = start + (uint64_t)rq->deadline_ms;
+
+	while (!reaped) {
+		struct pollfd pfd[3] = {
+			{ .fd = pipe_out[0], .events = POLLIN },
+			{ .fd = sigchld_pipe[0], .events = POLLIN },
+			{ .fd = tty_poll_fd(), .events = POLLIN },
+		};
+		uint64_t now = now_ms(), until = linger ? linger : deadline;
+		siginfo_t si = { 0 };
+
+		if (now >= until) {
+			if (exited && pipe_out[0] >= 0 && !killed) {
+				/* A leftover group member still holds stdout: end it. */
+				kill(-pid, SIGKILL);
+				killed = true;
+				linger = now + KILL_WAIT_MS;
+			} else if (exited) {
+				break;	/* output still open after SIGKILL: give up on it */
+			} else if (!timed_out) {
+				kill(-pid, SIGKILL);
+				timed_out = true;
+				deadline = now + KILL_WAIT_MS;
+			} else {
+				break;	/* unkillable (stuck in the kernel): report, reap later */
+			}
+			continue;
+		}
+		if (poll(pfd, 3, (int)(until - now)) < 0 && errno != EINTR)
+			die("poll: %s", strerror(errno));
+		if (pfd[0].revents) {
+			char *dst = scratch;
+			size_t room = sizeof(scratch);
+			ssize_t n;
+
+			if (out.len < MAX_OUTPUT) {
+				sb_reserve(&out, MAX_OUTPUT - out.len);
+				dst = out.data + out.len;
+				room = MAX_OUTPUT - out.len;
+			}
+			n = read(pipe_out[0], dst, room);
+			if (n > 0 && dst != scratch)
+				out.len += (size_t)n;
+			else if (n > 0)
+				truncated = true;	/* past the limit: keep draining, drop it */
+			else if (n == 0 || errno != EINTR)
+				close(pipe_out[0]), pipe_out[0] = -1;
+		}
+		if (pfd[1].revents)
+			drain_fd(sigchld_pipe[0]);
+		if (pfd[2].revents)
+			read_tty();
+		/* Look without reaping: while the zombie exists its pgid cannot be reused. */
+		if (!exited && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+		    si.si_pid == pid) {
+			exited = true;
+			linger = now_ms() + LINGER_MS;
+		}
+		if (exited && pipe_out[0] < 0) {
+			kill(-pid, SIGKILL);	/* leftovers of the group, if any */
+			reaped = waitpid(pid, &wstatus, 0) == pid;
+		}
+	}
+	if (exited && !reaped) {
+		kill(-pid, SIGKILL);
+		reaped = waitpid(pid, &wstatus, 0) == pid;
+	}
+	elapsed = now_ms() - start;
+	if (pipe_out[0] >= 0)
+		close(pipe_out[0]);
+	if (reaped)
+		visit_all_cpus();
+	kmsg("zapfarm: trial %s end", rq->id);
+
+	sb_add(&reply, "{\"op\": \"result\", \"id\": ", 23);
+	sb_json_str(&reply, rq->id);
+	if (exec_errno) {
+		sb_printf(&reply, ", \"status\": \"error\", \"exit_code\": null, \"signal\": null");
+	} else if (timed_out) {
+		sb_printf(&reply, ", \"status\": \"timeout\", \"exit_code\": null, \"signal\": ");
+		if (reaped && WIFSIGNALED(wstatus))
+			sb_printf(&reply, "%d", WTERMSIG(wstatus));
+		else
+			sb_printf(&reply, "null");
+	} else if (WIFSIGNALED(wstatus)) {
+		sb_printf(&reply, ", \"status\": \"signaled\", \"exit_code\": null, \"signal\": %d",
+			  WTERMSIG(wstatus));
+	} else {
+		sb_printf(&reply, ", \"status\": \"exited\", \"exit_code\": %d, \"signal\": 0",
+			  WEXITSTATUS(wstatus));
+	}
+	sb_printf(&reply, ", \"elapsed_ms\": %llu, \"output\": ", (unsigned long long)elapsed);
+	sb_json_bytes(&reply, out.data ? out.data : "", out.len);
+	sb_printf(&reply, ", \"output_truncated\": %s", truncated ? "true" : "false");
+	if (exec_errno) {
+		char why[300];
+
+		snprintf(why, sizeof(why), "exec %s: %s", program, strerror(exec_errno));
+		sb_add(&reply, ", \"error\": ", 11);
+		sb_json_str(&reply, why);
+	} else if (timed_out && !reaped) {
+		sb_add(&reply, ", \"error\": \"not reaped after SIGKILL\"", 37);
+	}
+	sb_add(&reply, "}", 1);
+	send_frame(&reply);
+	free(reply.data);
+	free(out.data);
+}
+
+/* ---- the loop ------------------------------------------------------------- */
+
+static void handle_payload(const char *payload, size_t len)
+{
+	struct request rq = { 0 };
+
+	if (!parse_request(payload, len, &rq)) {
+		send_error(rq.has_id ? rq.id : NULL, rq.error);
+	} else if (!rq.has_op) {
+		send_error(rq.has_id ? rq.id : NULL, "missing op");
+	} else if (!rq.has_id) {
+		send_error(NULL, "missing id");
+	} else if (!strcmp(rq.op, "ping")) {
+		struct sbuf b = { 0 };
+
+		sb_add(&b, "{\"op\": \"pong\", \"id\": ", 21);
+		sb_json_str(&b, rq.id);
+		sb_add(&b, "}", 1);
+		send_frame(&b);
+		free(b.data);
+	} else if (!strcmp(rq.op, "run")) {
+		if (!rq.has_argv)
+			send_error(rq.id, "run needs argv");
+		else if (!rq.has_deadline)
+			send_error(rq.id, "run needs deadline_ms");
+		else
+			run_trial(&rq);
+		reap_orphans();	/* whatever the trial left behind and init inherited */
+	} else {
+		send_error(rq.id, "unknown op");
+	}
+	free_request(&rq);
+}
+
+static void consume(size_t n)
+{
+	memmove(inbuf, inbuf + n, inlen - n);
+	inlen -= n;
+}
+
+/* Handle every complete frame in inbuf; keep a partial one for later. */
+static void handle_frames(void)
+{
+	for (;;) {
+		char *start = memmem(inbuf, inlen, "@ZF ", 4), *nl, *p, *payload;
+		unsigned long len = 0, crc = 0;
+		int digits = 0;
+
+		if (!start) {
+			consume(inlen > 3 ? inlen - 3 : 0);	/* keep a possible "@ZF" prefix */
+			return;
+		}
+		consume((size_t)(start - inbuf));
+		nl = memchr(inbuf, '\n', inlen);
+		if (!nl) {
+			if (inlen <= MAX_LINE)
+				return;	/* wait for the rest */
+			send_error(NULL, "frame too long");
+			consume(4);
+			continue;
+		}
+		p = inbuf + 4;
+		while (p < nl && *p >= '0' && *p <= '9' && digits < 8)
+			len = len * 10 + (unsigned long)(*p++ - '0'), digits++;
+		if (!digits || p >= nl || *p++ != ' ') {
+			send_error(NULL, "malformed frame header");
+			consume(4);
+			continue;
+		}
+		for (digits = 0; p < nl && digits < 8; digits++, p++) {
+			if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+				break;
+			crc = crc << 4 | (unsigned long)(*p <= '9' ? *p - '0' : *p - 'a' + 10);
+		}
+		if (digits != 8 || p >= nl || *p++ != ' ') {
+			send_error(NULL, "malformed frame header");
+			consume(4);
+			continue;
+		}
+		payload = p;
+		if ((size_t)(nl - payload) != len) {
+			send_error(NULL, "frame length mismatch");
+			consume(4);
+			continue;
+		}
+		if (crc32_ieee(payload, len) != crc) {
+			send_error(NULL, "frame crc mismatch");
+			consume(4);
+			continue;
+		}
+		*nl = '\0';
+		handle_payload(payload, len);
+		consume((size_t)(nl + 1 - inbuf));
+	}
+}
+
+/* ---- start-up ------------------------------------------------------------- */
+
+static void mount_one(const char *src, const char *dir, const char *type, const char *data)
+{
+	mkdir(dir, 0755);
+	if (mount(src, dir, type, MS_NOSUID, data) && errno != EBUSY)
+		logmsg("mount %s on %s: %s", type, dir, strerror(errno));
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (write(fd, text, strlen(text)) < 0) {
+		/* optional knob: absent or locked on this kernel */
+	}
+	close(fd);
+}
+
+static void init_system(void)
+{
+	mount_one("proc", "/proc", "proc", NULL);
+	mount_one("sysfs", "/sys", "sysfs", NULL);
+	mount_one("devtmpfs", "/dev", "devtmpfs", NULL);
+	mount_one("tmpfs", "/tmp", "tmpfs", "mode=1777");
+	/* "quiet" (level 4) would hide WARN_ON splats, which print at KERN_WARNING;
+	 * only debug chatter goes. The console stays where the cmdline put it. */
+	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, CONSOLE_LOGLEVEL);
+	write_file("/proc/sys/kernel/printk_devkmsg", "on\n");
+	if (chdir("/")) {
+		/* cannot happen for / */
+	}
+}
+
+static int open_tty(void)
+{
+	struct termios t;
+	int fd;
+
+	for (int tries = 0;; tries++) {
+		fd = open(tty_path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (fd >= 0)
+			break;
+		if (!pid1)
+			die("open %s: %s", tty_path, strerror(errno));
+		if (tries == 0)
+			logmsg("open %s: %s (retrying)", tty_path, strerror(errno));
+		sleep(1);
+	}
+	if (tcgetattr(fd, &t) == 0) {
+		cfmakeraw(&t);
+		t.c_cflag |= CLOCAL | CREAD;
+		t.c_cc[VMIN] = 1;
+		t.c_cc[VTIME] = 0;
+		cfsetispeed(&t, B115200);
+		cfsetospeed(&t, B115200);
+		if (tcsetattr(fd, TCSANOW, &t))
+			logmsg("tcsetattr %s: %s", tty_path, strerror(errno));
+	} else {
+		logmsg("%s is not a tty (%s); using it as is", tty_path, strerror(errno));
+	}
+	return fd;
+}
+
+static long mem_kb(void)
+{
+	char text[4096];
+	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+	char *p;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return 0;
+	text[n] = '\0';
+	p = strstr(text, "MemTotal:");
+	return p ? strtol(p + 9, NULL, 10) : 0;
+}
+
+static int numa_nodes(void)
+{
+	DIR *dir = opendir("/sys/devices/system/node");
+	struct dirent *de;
+	int count = 0;
+
+	if (!dir)
+		return 0;
+	while ((de = readdir(dir))) {
+		const char *p = de->d_name;
+
+		if (strncmp(p, "node", 4) || !p[4])
+			continue;
+		for (p += 4; *p >= '0' && *p <= '9'; p++)
+			;
+		if (!*p)
+			count++;
+	}
+	closedir(dir);
+	return count;
+}
+
+static void send_ready(void)
+{
+	struct sbuf b = { 0 };
+	struct utsname u;
+
+	uname(&u);
+	sb_add(&b, "{\"op\": \"ready\", \"agent\": 1, \"kernel\": ", 38);
+	sb_json_str(&b, u.release);
+	sb_printf(&b, ", \"numa_nodes\": %d, \"cpus\": %ld, \"mem_kb\": %ld}", numa_nodes(),
+		  sysconf(_SC_NPROCESSORS_ONLN), mem_kb());
+	send_frame(&b);
+	free(b.data);
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: agent [--tty PATH] [--program PATH] [--kmsg PATH | --no-kmsg]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa = { .sa_handler = on_sigchld, .sa_flags = SA_RESTART | SA_NOCLDSTOP };
+
+	pid1 = getpid() == 1;
+	/* As init, the kernel passes on cmdline words it did not know: ignore them. */
+	for (int i = 1; i < argc && !pid1; i++) {
+		if (!strcmp(argv[i], "--no-kmsg"))
+			kmsg_path = NULL;
+		else if (i + 1 >= argc)
+			usage();
+		else if (!strcmp(argv[i], "--tty"))
+			tty_path = argv[++i];
+		else if (!strcmp(argv[i], "--program"))
+			program = argv[++i];
+		else if (!strcmp(argv[i], "--kmsg"))
+			kmsg_path = argv[++i];
+		else
+			usage();
+	}
+	crc_init();
+	signal(SIGPIPE, SIG_IGN);
+	if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK))
+		die("pipe: %s", strerror(errno));
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGCHLD, &sa, NULL);
+	if (pid1)
+		init_system();
+	tty = open_tty();
+	logmsg("agent %d on %s, program %s", AGENT_VERSION, tty_path, program);
+	send_ready();
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = tty, .events = POLLIN },
+			{ .fd = sigchld_pipe[0], .events = POLLIN },
+		};
+
+		handle_frames();
+		if (tty_eof) {
+			if (!pid1)
+				return 0;	/* the host closed the line */
+			sleep(1);	/* a UART does not hang up; do not spin if it does */
+			tty_eof = false;
+		}
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			die("poll: %s", strerror(errno));
+		if (pfd[1].revents) {
+			drain_fd(sigchld_pipe[0]);
+			reap_orphans();
+		}
+		if (pfd[0].revents)
+			read_tty();
+	}
+}

@@ -1,0 +1,353 @@
+"""guest/agent.c over a pseudo-terminal, as the worker talks to it over ttyS1.
+
+The agent runs in host mode (``--tty`` on the slave side of a pty pair) with a
+fake trial program, a shell script whose first argument picks a behaviour:
+small, large, binary and non-UTF-8 output, exit codes, signals, sleeping past
+the deadline and leaving a background child that holds stdout open. A long
+exchange checks that every frame's length and CRC hold, ids match, and that
+junk, corrupt frames and malformed requests are answered and survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import subprocess
+import threading
+import time
+import tty
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.guest_image import GUEST_DIR, compile_static
+
+FAKE_PROGRAM = r"""#!/bin/sh
+case "$1" in
+  echo) printf '%s' "$2" ;;
+  size) head -c "$2" /dev/zero | tr '\0' 'a' ;;
+  garbage) printf 'ctl\001\037\177 quote" back\\ ok\303\251 '
+           printf 'bad\377\376 surr\355\240\200 cut\342\202' ;;
+  args) shift; for a in "$@"; do printf '[%s]' "$a"; done ;;
+  exit) exit "$2" ;;
+  term) kill -TERM $$ ;;
+  sleep) printf 'before'; sleep "$2" ;;
+  orphan) sleep 30 & printf 'parent done' ;;
+  *) printf 'unknown mode %s' "$1"; exit 9 ;;
+esac
+"""
+
+
+@dataclass
+class Line:
+    """The host side of the pty: frames out, validated frames in."""
+
+    master: int
+    inbox: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    junk: bytearray = field(default_factory=bytearray)
+    bad_frames: list[bytes] = field(default_factory=list)
+    frames: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._reader, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop reading, then close the master: a read in flight would keep it open."""
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+        os.close(self.master)
+
+    def _reader(self) -> None:
+        buf = bytearray()
+        while not self.stop.is_set():
+            if not select.select([self.master], [], [], 0.05)[0]:
+                continue
+            try:
+                data = os.read(self.master, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while (nl := buf.find(b"\n")) >= 0:
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                self._frame(line)
+
+    def _frame(self, line: bytes) -> None:
+        start = line.find(b"@ZF ")
+        if start != 0:
+            self.junk += line
+            if start < 0:
+                return
+            line = line[start:]
+        try:
+            _, length, crc, payload = line.split(b" ", 3)
+            ok = int(length) == len(payload) and int(crc, 16) == zlib.crc32(payload)
+            ok = ok and len(crc) == 8 and crc == crc.lower()
+        except ValueError:
+            ok = False
+        if not ok:
+            self.bad_frames.append(line)
+            return
+        self.frames += 1
+        self.inbox.put(json.loads(payload))
+
+    def send_raw(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.master, data) :]
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message).encode()
+        self.send_frame(payload)
+
+    def send_frame(self, payload: bytes) -> None:
+        self.send_raw(b"@ZF %d %08x %s\n" % (len(payload), zlib.crc32(payload), payload))
+
+    def receive(self, timeout: float = 10.0) -> dict[str, Any]:
+        return self.inbox.get(timeout=timeout)
+
+    def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        self.send(message)
+        answer = self.receive(timeout)
+        assert answer.get("id") == message.get("id"), (message, answer)
+        return answer
+
+
+@pytest.fixture(scope="module")
+def binaries(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("agent")
+    agent = folder / "agent"
+    compile_static(GUEST_DIR / "agent.c", agent)
+    fake = folder / "fake-trial"
+    fake.write_text(FAKE_PROGRAM)
+    fake.chmod(0o755)
+    return agent, fake
+
+
+@pytest.fixture
+def line(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[Line]:
+    agent, fake = binaries
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no echo or line editing before the agent sets raw mode itself
+    kmsg = tmp_path / "kmsg"
+    kmsg.touch()
+    proc = subprocess.Popen(
+        [str(agent), "--tty", os.ttyname(slave), "--program", str(fake), "--kmsg", str(kmsg)],
+        stderr=subprocess.PIPE,
+    )
+    host = Line(master)
+    host.start()
+    try:
+        yield host
+    finally:
+        os.close(slave)
+        host.close()  # hangs up the pty: the agent exits on EOF
+        try:
+            proc.wait(timeout=5)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else b""
+    assert not host.bad_frames
+    assert not host.junk
+
+
+def run(line: Line, rid: str, *argv: str, deadline_ms: int = 5000) -> dict[str, Any]:
+    answer = line.request({"op": "run", "id": rid, "argv": list(argv), "deadline_ms": deadline_ms})
+    assert answer["op"] == "result", answer
+    return answer
+
+
+def test_ready_then_ping(line: Line) -> None:
+    ready = line.receive()
+    assert ready["op"] == "ready"
+    assert ready["agent"] == 1
+    assert ready["kernel"] == os.uname().release
+    assert ready["numa_nodes"] >= 1
+    assert ready["cpus"] == os.cpu_count()
+    assert ready["mem_kb"] > 0
+    assert line.request({"op": "ping", "id": "p-1"}) == {"op": "pong", "id": "p-1"}
+
+
+def test_long_exchange(line: Line, tmp_path: Path) -> None:
+    """200 runs of every output shape on one line, a ping after every tenth."""
+    line.receive()  # ready
+    seen = {"big": 0, "garbage": 0, "timeout": 0}
+    for i in range(200):
+        rid = f"t-{i}"
+        kind = i % 10
+        if kind == 3:
+            answer = run(line, rid, "size", "3000")
+            assert answer["output"] == "a" * 3000
+            assert answer["output_truncated"] is False
+        elif kind == 5 and i < 60:  # 1 MB: truncated at 64 KiB, the rest drained to EOF
+            answer = run(line, rid, "size", str(1 << 20))
+            assert answer["output"] == "a" * (64 * 1024)
+            assert answer["output_truncated"] is True
+            seen["big"] += 1
+        elif kind == 7:
+            answer = run(line, rid, "garbage")
+            assert answer["output"] == (
+                'ctl\x01\x1f\x7f quote" back\\ ok\u00e9 bad\ufffd\ufffd surr\ufffd\ufffd\ufffd'
+                " cut\ufffd\ufffd"
+            )
+            seen["garbage"] += 1
+        elif kind == 9 and i % 50 == 49:  # sleeps past its deadline
+            answer = run(line, rid, "sleep", "10", deadline_ms=150)
+            assert (answer["status"], answer["signal"], answer["output"]) == (
+                "timeout",
+                9,
+                "before",
+            )
+            seen["timeout"] += 1
+        else:
+            answer = run(line, rid, "echo", f"hello {i} \u2603")
+            assert answer["output"] == f"hello {i} \u2603"
+        if answer["status"] != "timeout":
+            assert (answer["status"], answer["exit_code"], answer["signal"]) == ("exited", 0, 0)
+        assert answer["elapsed_ms"] >= 0
+        if kind == 9:
+            assert line.request({"op": "ping", "id": f"p-{i}"}) == {"op": "pong", "id": f"p-{i}"}
+    assert seen == {"big": 6, "garbage": 20, "timeout": 4}
+    assert line.frames == 1 + 200 + 20  # ready, results, pongs: every one checked out
+    markers = (tmp_path / "kmsg").read_text().splitlines()
+    expected = [f"<5>zapfarm: trial t-{i} {w}" for i in range(200) for w in ("begin", "end")]
+    assert [m for m in markers if "zapfarm: trial" in m] == expected
+
+
+def test_exit_codes_signals_and_argv(line: Line) -> None:
+    line.receive()
+    answer = run(line, "e", "exit", "3")
+    assert (answer["status"], answer["exit_code"], answer["signal"]) == ("exited", 3, 0)
+    answer = run(line, "s", "term")
+    assert (answer["status"], answer["exit_code"], answer["signal"]) == ("signaled", None, 15)
+    tricky = ["with space", 'quo"te', "back\\slash", "tab\there", "\u00e9\u2603\U0001f600", ""]
+    answer = run(line, "a", "args", *tricky)
+    assert answer["output"] == "".join(f"[{a}]" for a in tricky)
+
+
+def test_deadline_kills_the_process_group(line: Line) -> None:
+    line.receive()
+    started = time.monotonic()
+    answer = run(line, "slow", "sleep", "30", deadline_ms=300)
+    assert time.monotonic() - started < 5
+    assert answer["status"] == "timeout"
+    assert answer["signal"] == 9
+    assert answer["exit_code"] is None
+    assert answer["output"] == "before"
+    assert 300 <= answer["elapsed_ms"] < 5000
+    # A child that exits but leaves a background process holding stdout.
+    started = time.monotonic()
+    answer = run(line, "orphan", "orphan", deadline_ms=20000)
+    assert time.monotonic() - started < 3
+    assert (answer["status"], answer["output"]) == ("exited", "parent done")
+    assert line.request({"op": "ping", "id": "after"})["op"] == "pong"
+
+
+def test_missing_program_is_an_error_status(binaries: tuple[Path, Path], tmp_path: Path) -> None:
+    agent, _ = binaries
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    proc = subprocess.Popen(
+        [str(agent), "--tty", os.ttyname(slave), "--program", str(tmp_path / "nope"), "--no-kmsg"],
+        stderr=subprocess.DEVNULL,
+    )
+    host = Line(master)
+    host.start()
+    try:
+        host.receive()
+        answer = run(host, "x", "echo", "hi")
+        assert answer["status"] == "error"
+        assert "No such file" in answer["error"]
+    finally:
+        os.close(slave)
+        host.close()
+        proc.wait(timeout=5)
+
+
+def test_junk_corrupt_frames_and_malformed_requests(line: Line) -> None:
+    line.receive()
+
+    def error_for(payload: bytes | None = None, raw: bytes | None = None) -> dict[str, Any]:
+        if raw is not None:
+            line.send_raw(raw)
+        else:
+            assert payload is not None
+            line.send_frame(payload)
+        answer = line.receive()
+        assert answer["op"] == "error", answer
+        return answer
+
+    # Junk between frames is skipped silently; "@ZF " prefixes that fail are answered.
+    line.send_raw(b"login: \x00\xff garbage without a magic\r\n@Z")
+    assert line.request({"op": "ping", "id": "j1"})["op"] == "pong"
+    good = json.dumps({"op": "ping", "id": "c"}).encode()
+    bad_crc = b"@ZF %d %08x %s\n" % (len(good), zlib.crc32(good) ^ 1, good)
+    assert error_for(raw=bad_crc) == {"op": "error", "id": None, "error": "frame crc mismatch"}
+    short = b"@ZF %d %08x %s\n" % (len(good) + 3, zlib.crc32(good), good)
+    assert error_for(raw=short)["error"] == "frame length mismatch"
+    assert error_for(raw=b"@ZF x 1 {}\n")["error"] == "malformed frame header"
+    # A frame whose newline was lost runs into the next one: the next one still counts.
+    line.send_raw(b'@ZF 999 00000000 {"op"')
+    line.send({"op": "ping", "id": "resync"})
+    assert line.receive()["error"] == "frame length mismatch"
+    assert line.receive() == {"op": "pong", "id": "resync"}
+
+    cases: list[tuple[bytes, str | None, str]] = [
+        (b"{not json", None, "malformed JSON"),
+        (b"[1, 2]", None, "malformed JSON"),
+        (b'{"op": "ping"}', None, "missing id"),
+        (b'{"id": "m1"}', "m1", "missing op"),
+        (b'{"op": "fly", "id": "m2"}', "m2", "unknown op"),
+        (b'{"op": "ping", "id": 7}', None, "id must be a string"),
+        (b'{"op": "ping", "id": "has space"}', None, "id must be 1-128 printable ASCII"),
+        (json.dumps({"op": "ping", "id": "x" * 129}).encode(), None, "id must be 1-128"),
+        (b'{"op": "run", "id": "m3", "deadline_ms": 10}', "m3", "run needs argv"),
+        (b'{"op": "run", "id": "m4", "argv": []}', "m4", "run needs deadline_ms"),
+        (b'{"op": "run", "id": "m5", "argv": ["a", 1], "deadline_ms": 10}', "m5", "argv must be"),
+        (b'{"op": "run", "id": "m6", "argv": "a", "deadline_ms": 10}', "m6", "argv must be"),
+        (b'{"op": "run", "id": "m7", "argv": [], "deadline_ms": 1.5}', "m7", "must be an integer"),
+        (b'{"op": "run", "id": "m8", "argv": [], "deadline_ms": 0}', "m8", "deadline_ms must be"),
+        (b'{"op": "run", "id": "m9", "argv": ["a\\u0000b"], "deadline_ms": 9}', "m9", "NUL"),
+        (b'{"op": "ping", "id": "m10", "id": "m11"}', "m10", "duplicate key"),
+        (b'{"op": "ping", "id": "m12"} trailing', "m12", "trailing data"),
+        (b'{"op": "ping", "id": "m13", "x": "\\ud800"}', "m13", "lone surrogate"),
+    ]
+    for payload, rid, complaint in cases:
+        answer = error_for(payload)
+        assert answer["id"] == rid, (payload, answer)
+        assert complaint in answer["error"], (payload, answer)
+
+    # Unknown keys of any shape are ignored; the loop is alive after all of that.
+    extra = {"op": "ping", "id": "ok", "meta": {"a": [1, {"b": None}], "c": True}, "n": -1.5e3}
+    assert line.request(extra) == {"op": "pong", "id": "ok"}
+
+
+def test_pipelined_requests_are_answered_in_order(line: Line) -> None:
+    line.receive()
+    requests = []
+    for i in range(30):
+        request: dict[str, Any] = {"op": "ping", "id": f"q{i}"}
+        if i % 3 == 0:
+            request |= {"op": "run", "argv": ["echo", str(i)], "deadline_ms": 5000}
+        requests.append(request)
+    blob = b"".join(
+        b"@ZF %d %08x %s\n" % (len(p), zlib.crc32(p), p)
+        for p in (json.dumps(r).encode() for r in requests)
+    )
+    line.send_raw(blob)
+    for i, request in enumerate(requests):
+        answer = line.receive()
+        assert answer["id"] == request["id"]
+        if request["op"] == "run":
+            assert answer["output"] == str(i)

@@ -1,0 +1,128 @@
+"""Seed tokens and trial parameters: deterministic, bounded, pasteable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from farm.params import (
+    KNOBS,
+    MAX_PAGES,
+    PRESETS,
+    SeedToken,
+    TokenError,
+    TrialParams,
+    params_for,
+)
+
+
+def test_same_token_same_params() -> None:
+    token = "zf1-8188e2f542964e0c"
+    assert params_for(token) == params_for(token)
+    assert SeedToken.parse(token).params().to_dict() == params_for(token).to_dict()
+
+
+def test_derivation_is_pinned() -> None:
+    """A token from an old bug report must keep meaning the same trial forever."""
+    assert params_for("zf1-8188e2f542964e0c").to_dict() == {
+        "pages": 375,
+        "evict_delay_min_us": 6,
+        "evict_delay_max_us": 48,
+        "kick_delay_us": 4,
+        "batch": 2,
+        "src_node": 0,
+        "dst_node": 1,
+        "rounds": 1,
+        "punch": "fallocate",
+        "evictors": 1,
+        "placement": "any",
+        "rng_seed": 1822678167,
+    }
+
+
+def test_different_seeds_spread_over_every_knob() -> None:
+    seen: dict[str, set[object]] = {name: set() for name in KNOBS}
+    for seed in range(400):
+        for name, value in SeedToken(seed=seed).params().to_dict().items():
+            seen[name].add(value)
+    for name in ("pages", "evict_delay_max_us", "kick_delay_us", "batch", "rounds", "rng_seed"):
+        assert len(seen[name]) > 2, name
+    assert seen["punch"] == {"fallocate", "madvise"}
+    assert seen["placement"] == {"any", "same", "split"}
+
+
+def test_draws_stay_in_bounds() -> None:
+    for seed in range(2000):
+        p = SeedToken(seed=seed * 0x9E3779B97F4A7C15 % (1 << 64)).params()
+        assert 64 <= p.pages <= 8192
+        assert 1 <= p.batch <= 64
+        assert p.evict_delay_min_us <= p.evict_delay_max_us
+        assert p.src_node != p.dst_node
+
+
+def test_token_round_trip_with_overrides() -> None:
+    token = SeedToken.parse("zf1-00000000000000ff").with_overrides(
+        {"pages": 512, "punch": "madvise"}
+    )
+    text = str(token)
+    assert text == "zf1-00000000000000ff~pages=512,punch=madvise"
+    again = SeedToken.parse(text)
+    assert again == token
+    assert again.params().pages == 512 and again.params().punch == "madvise"
+
+
+def test_seed_2022_preset_is_the_seed_program() -> None:
+    p = SeedToken(seed=1).with_preset("seed-2022").params()
+    assert p.pages * 4096 == 1 << 28  # 256 MiB, not the 64 MB its comment claims
+    assert (p.evict_delay_min_us, p.evict_delay_max_us, p.kick_delay_us) == (0, 29, 10)
+    assert (p.src_node, p.dst_node, p.batch, p.rounds) == (0, 1, 1, 1)
+    assert set(PRESETS["seed-2022"]) <= set(KNOBS)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "malformed seed token"),
+        ("zf1-xyz", "malformed seed token"),
+        ("zf1-8188e2f542964e0", "malformed seed token"),
+        ("ZF1-8188E2F542964E0C", "malformed seed token"),
+        ("zf9-8188e2f542964e0c", "parameter space v9"),
+        ("zf1-8188e2f542964e0c~pages", "malformed override"),
+        ("zf1-8188e2f542964e0c~colour=red", "unknown parameter 'colour'"),
+        ("zf1-8188e2f542964e0c~pages=0", "pages=0"),
+        ("zf1-8188e2f542964e0c~pages=99999999", "pages=99999999"),
+        ("zf1-8188e2f542964e0c~punch=ftruncate", "punch='ftruncate'"),
+        ("zf1-8188e2f542964e0c~src_node=1,dst_node=1", "must differ"),
+        ("zf1-8188e2f542964e0c~pages=<script>", "malformed override"),
+    ],
+)
+def test_bad_tokens_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(TokenError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        SeedToken.parse(text)
+
+
+def test_pasted_token_tolerates_surrounding_whitespace() -> None:
+    assert SeedToken.parse("  zf1-8188e2f542964e0c\n").seed == 0x8188E2F542964E0C
+
+
+def test_argv_names_every_parameter_once() -> None:
+    p = params_for("zf1-8188e2f542964e0c")
+    argv = p.argv()
+    flags = argv[0::2]
+    assert flags == ["--" + f.name.replace("_", "-") for f in dataclasses.fields(TrialParams)]
+    assert argv[1::2] == [str(v) for v in p.to_dict().values()]
+
+
+def test_from_dict_rejects_unknown_and_missing() -> None:
+    good = params_for("zf1-8188e2f542964e0c").to_dict()
+    assert TrialParams.from_dict(good).to_dict() == good
+    with pytest.raises(ValueError, match="unknown trial parameters: colour"):
+        TrialParams.from_dict({**good, "colour": 1})
+    del good["pages"]
+    with pytest.raises(ValueError, match="missing trial parameters: pages"):
+        TrialParams.from_dict(good)
+
+
+def test_hard_limit_admits_the_seed_buffer_only() -> None:
+    assert KNOBS["pages"].valid(MAX_PAGES) and not KNOBS["pages"].valid(MAX_PAGES + 1)

@@ -1,0 +1,1 @@
+"""zapfarm's data plane: Celery tasks that run trials in libvirt guests."""

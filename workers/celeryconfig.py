@@ -1,0 +1,29 @@
+"""Celery settings for zapfarm, in one place (as Celery's docs recommend).
+
+A trial is long (seconds to minutes) and must never be lost or run twice
+into the database: acknowledge late, re-queue when a worker dies, take one
+message at a time, and keep Redis' visibility timeout above the longest
+trial so a slow trial is not redelivered while it still runs.
+"""
+
+from __future__ import annotations
+
+TRIAL_SOFT_LIMIT_S = 420  # boot (90 s) + deadline (120 s) + margins; raises in the task
+TRIAL_HARD_LIMIT_S = 480  # kills the process; AUTODESTROY takes the guest with it
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = TRIAL_SOFT_LIMIT_S
+task_time_limit = TRIAL_HARD_LIMIT_S
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_expires = 7 * 24 * 3600
+result_extended = False
+task_track_started = True
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 2 * TRIAL_HARD_LIMIT_S}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+worker_hijack_root_logger = False
+worker_send_task_events = False

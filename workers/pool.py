@@ -1,0 +1,103 @@
+"""The guests of one worker process: one persistent guest per kernel.
+
+Booting costs ~13 s under TCG against ~2 s for a trial, so a guest runs many
+trials. It is replaced after anything that could taint the next trial: a
+kernel report (``WARN_ON_ONCE`` fires once per boot), a dead or hung guest,
+or every ``reboot_every`` trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from workers.domain import find_emulator
+from workers.probe import detect_virt_type
+from workers.vm import Guest, GuestConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GuestPool:
+    conn: libvirt.virConnect
+    initrd: Path
+    console_dir: Path
+    virt_type: str | None  # None: probe KVM on the first boot (verdict cached in probe_cache)
+    probe_cache: Path | None = None
+    memory_mb: int = 1024
+    cpus: int = 2
+    boot_deadline_s: float = 90.0
+    reboot_every: int = 50
+    guests: dict[str, Guest] = field(default_factory=dict)
+
+    def config(self, kernel_name: str, kernel: Path) -> GuestConfig:
+        if self.virt_type is None:
+            self.virt_type = self._probe(kernel_name, kernel)
+        return GuestConfig(
+            kernel_name=kernel_name,
+            kernel=kernel,
+            initrd=self.initrd,
+            console_dir=self.console_dir,
+            virt_type=self.virt_type,
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+            boot_deadline_s=self.boot_deadline_s,
+        )
+
+    def _probe(self, kernel_name: str, kernel: Path) -> str:
+        base = GuestConfig(
+            kernel_name=kernel_name,
+            kernel=kernel,
+            initrd=self.initrd,
+            console_dir=self.console_dir,
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+        )
+        return detect_virt_type(
+            lambda virt, deadline: Guest(
+                self.conn, dataclasses.replace(base, virt_type=virt, boot_deadline_s=deadline)
+            ),
+            self.probe_cache or self.console_dir / "host-probe.json",
+            find_emulator(),
+        )
+
+    def acquire(self, kernel_name: str, kernel: Path) -> tuple[Guest, bool]:
+        """A booted guest for this kernel, and whether it was booted just now."""
+        guest = self.guests.get(kernel_name)
+        if guest is not None and (guest.config.kernel != kernel or not guest.alive()):
+            self.retire(kernel_name)
+            guest = None
+        if guest is not None:
+            return guest, False
+        guest = Guest(self.conn, self.config(kernel_name, kernel))
+        guest.boot()  # GuestError propagates: the caller reports infra-error
+        log.info(
+            "booted %s (%s, %d nodes) in %.1f s",
+            guest.name,
+            guest.kernel_release,
+            guest.numa_nodes,
+            guest.boot_seconds,
+        )
+        self.guests[kernel_name] = guest
+        return guest, True
+
+    def release(self, kernel_name: str, *, tainted: bool) -> None:
+        """After a trial: keep the guest, or retire it when the next trial could not trust it."""
+        guest = self.guests.get(kernel_name)
+        if guest is not None and (tainted or guest.trials >= self.reboot_every):
+            self.retire(kernel_name)
+
+    def retire(self, kernel_name: str) -> None:
+        guest = self.guests.pop(kernel_name, None)
+        if guest is not None:
+            guest.destroy()
+            guest.console_log.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for name in list(self.guests):
+            self.retire(name)

@@ -1,0 +1,143 @@
+"""One trial on a worker: message in, validated and bounded TrialResult out.
+
+This never raises for anything a guest or the hypervisor does: every failure
+becomes an outcome (``infra-error``, ``guest-died``, ``timeout``, ...) with a
+clear error, so the control plane always gets a record and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from farm.triage.console import parse as parse_console
+
+from farm.params import SeedToken, TokenError
+from farm.result import (
+    MAX_CONSOLE_BYTES,
+    MAX_OUTPUT_BYTES,
+    GuestInfo,
+    ResultError,
+    TrialResult,
+    clip,
+    parse_program_output,
+)
+from workers.pool import GuestPool
+from workers.vm import Guest, GuestError
+
+MAX_TRIAL_ID = 128
+
+
+def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> TrialResult:
+    started = time.time()
+    worker = worker or socket.gethostname()
+    trial_id = str(message.get("trial_id", ""))[:MAX_TRIAL_ID]
+    token_text = str(message.get("token", ""))[:256]
+    kernel = message.get("kernel") or {}
+    kernel_name = str(kernel.get("name", ""))[:256]
+    base: dict[str, Any] = {
+        "trial_id": trial_id or "(none)",
+        "token": token_text,
+        "kernel": kernel_name,
+        "worker": worker[:256],
+        "started_at": started,
+    }
+
+    def finish(outcome: str, error: str | None = None, **fields: Any) -> TrialResult:
+        return TrialResult(
+            outcome=outcome,  # type: ignore[arg-type]
+            error=clip(error, 2000)[0] if error else None,
+            finished_at=time.time(),
+            **base,
+            **fields,
+        )
+
+    try:
+        token = SeedToken.parse(token_text)
+        deadline_s = float(message.get("deadline_s", 120))
+        if not trial_id or not kernel_name or not kernel.get("path"):
+            raise ValueError("trial message needs trial_id, token and kernel {name, path}")
+        if not 1 <= deadline_s <= 3600:
+            raise ValueError(f"deadline_s {deadline_s} is outside 1..3600")
+    except (TokenError, ValueError, TypeError) as exc:
+        return finish("infra-error", f"malformed trial message: {exc}")
+
+    try:
+        guest, booted = pool.acquire(kernel_name, Path(str(kernel["path"])))
+    except GuestError as exc:
+        return finish("infra-error", str(exc))
+    info = _guest_info(guest)
+    if guest.numa_nodes < 2:
+        pool.release(kernel_name, tainted=False)
+        return finish(
+            "invalid-guest",
+            f"guest reports {guest.numa_nodes} NUMA node(s); the race needs 2 (ACPI/SRAT missing?)",
+            guest=info,
+            booted=booted,
+        )
+
+    params = token.params()
+    try:
+        run = guest.run(trial_id, params.argv(), deadline_s)
+    except GuestError as exc:
+        pool.retire(kernel_name)
+        return finish("infra-error", str(exc), guest=info, booted=booted)
+    console, console_truncated = clip(run.console, MAX_CONSOLE_BYTES)
+    info = _guest_info(guest)
+    common: dict[str, Any] = {
+        "guest": info,
+        "booted": booted,
+        "console": console,
+        "console_truncated": console_truncated,
+    }
+    tainted = run.died or run.hung or bool(parse_console(run.console))
+    pool.release(kernel_name, tainted=tainted)
+
+    if run.died:
+        return finish("guest-died", "the guest stopped during the trial", **common)
+    if run.hung or run.answer is None:
+        return finish("timeout", f"no answer from the guest within {deadline_s:.0f} s", **common)
+
+    answer = run.answer
+    status = answer.get("status")
+    output, _ = clip(str(answer.get("output", "")), MAX_OUTPUT_BYTES)
+    fields = {
+        **common,
+        "exit_code": _int_or_none(answer.get("exit_code")),
+        "signal": _int_or_none(answer.get("signal")),
+        "elapsed_ms": max(0, _int_or_none(answer.get("elapsed_ms")) or 0),
+    }
+    if status == "timeout":
+        return finish(
+            "timeout", f"trial program still running at {deadline_s:.0f} s", output=output, **fields
+        )
+    if status != "exited":
+        why = str(answer.get("error") or f"status {status!r}")
+        return finish(
+            "program-error", f"trial program did not exit normally: {why}", output=output, **fields
+        )
+    try:
+        program = parse_program_output(str(answer.get("output", "")))
+    except ResultError as exc:
+        return finish("program-error", str(exc), output=output, **fields)
+    return finish("ok", program.error, program=program, **fields)
+
+
+def _guest_info(guest: Guest) -> GuestInfo:
+    return GuestInfo(
+        name=guest.name,
+        boot_id=guest.boot_id,
+        kernel_release=guest.kernel_release,
+        numa_nodes=max(0, min(1024, guest.numa_nodes)),
+        virt_type="kvm" if guest.config.virt_type == "kvm" else "qemu",
+        boot_seconds=round(guest.boot_seconds, 3),
+        trials_on_boot=guest.trials,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return max(-(1 << 31), min(1 << 31, value))

@@ -1,0 +1,307 @@
+"""A trial guest: boot a transient libvirt domain, run trials through its agent, destroy it.
+
+The guest is started with AUTODESTROY, so if the worker process dies its
+libvirt connection closes and libvirtd takes the guest with it. The kernel
+console (serial0) goes to a file; each trial's share of it is cut between the
+agent's ``zapfarm: trial <id> begin`` and ``end`` markers, so boot-time
+messages never belong to a trial.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from workers.channel import Channel, ChannelError
+from workers.domain import NAME_PREFIX, DomainSpec, render
+
+READY_GRACE_S = 15.0  # the agent answers this long after its own deadline, or the guest is hung
+MARKER_WAIT_S = 10.0  # the end marker reaches the console file this soon after the answer
+SHARED_IMAGES = Path("/var/lib/zapfarm/images")
+
+
+class GuestError(RuntimeError):
+    """The guest could not be booted or driven: an infrastructure error."""
+
+
+class GuestDied(RuntimeError):
+    """The guest stopped while a trial ran: panic, reset or destroyed."""
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    kernel_name: str
+    kernel: Path
+    initrd: Path
+    console_dir: Path
+    virt_type: str = "qemu"
+    memory_mb: int = 1024
+    cpus: int = 2
+    boot_deadline_s: float = 90.0
+
+
+@dataclass
+class TrialRun:
+    """What one trial produced on the guest, before validation."""
+
+    answer: dict[str, Any] | None  # the agent's result message, None if it never came
+    console: str
+    died: bool = False
+    hung: bool = False
+
+
+@dataclass
+class Guest:
+    conn: libvirt.virConnect
+    config: GuestConfig
+    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    dom: libvirt.virDomain | None = None
+    channel: Channel | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+    boot_seconds: float = 0.0
+    trials: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{NAME_PREFIX}{os.getpid()}-{self.boot_id}"
+
+    @property
+    def console_log(self) -> Path:
+        return self.config.console_dir / f"{self.name}.log"
+
+    @property
+    def numa_nodes(self) -> int:
+        nodes = self.ready.get("numa_nodes")
+        return nodes if isinstance(nodes, int) and 0 <= nodes <= 1024 else 0
+
+    @property
+    def kernel_release(self) -> str:
+        return str(self.ready.get("kernel", ""))[:256]
+
+    def spec(self, kernel: Path, initrd: Path) -> DomainSpec:
+        return DomainSpec(
+            name=self.name,
+            kernel_name=self.config.kernel_name,
+            kernel=kernel,
+            initrd=initrd,
+            console_log=self.console_log,
+            virt_type=self.config.virt_type,
+            memory_mb=self.config.memory_mb,
+            cpus=self.config.cpus,
+            owner=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    def boot(self) -> None:
+        """Start the domain and wait for the agent's ready message."""
+        spec = self.spec(qemu_readable(self.config.kernel), qemu_readable(self.config.initrd))
+        self.config.console_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            self.dom = self.conn.createXML(render(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY)
+            self.channel = Channel(self.conn, self.dom)
+        except libvirt.libvirtError as exc:
+            self.destroy()
+            raise GuestError(f"cannot start guest {self.name}: {exc}") from exc
+        try:
+            ready = self.channel.receive(self.config.boot_deadline_s, want="ready")
+        except ChannelError as exc:
+            self.destroy()
+            raise GuestError(f"guest {self.name} died while booting: {exc}{self._tail()}") from exc
+        if ready is None:
+            self.destroy()
+            raise GuestError(
+                f"guest {self.name} sent no ready message within "
+                f"{self.config.boot_deadline_s:.0f} s{self._tail()}"
+            )
+        self.ready = ready
+        self.boot_seconds = time.monotonic() - started
+
+    def run(self, trial_id: str, argv: list[str], deadline_s: float) -> TrialRun:
+        """Run one trial program in the guest and cut its console excerpt."""
+        if self.channel is None:
+            raise GuestError("guest is not booted")
+        self.trials += 1
+        offset = self._console_size()
+        request = {"op": "run", "id": trial_id, "argv": argv, "deadline_ms": int(deadline_s * 1000)}
+        answer: dict[str, Any] | None = None
+        died = hung = False
+        try:
+            self.channel.send(request)
+            wait_until = time.monotonic() + deadline_s + READY_GRACE_S
+            while answer is None:
+                left = wait_until - time.monotonic()
+                message = self.channel.receive(max(0.0, left))
+                if message is None:
+                    break
+                if message.get("id") != trial_id:
+                    continue  # a late answer to an earlier request, or a frame-level error
+                if message.get("op") == "result":
+                    answer = message
+                elif message.get("op") == "error":  # the agent refused the request
+                    answer = {"status": "error", "error": str(message.get("error", ""))[:500]}
+        except ChannelError:
+            died = True
+        if answer is None and not died:
+            died = not self.alive()
+            hung = not died
+        if answer is not None:
+            self._wait_for(f"zapfarm: trial {trial_id} end", offset)
+        else:
+            time.sleep(1.0)  # let a panic's last lines reach the file
+        console = self._excerpt(trial_id, offset)
+        return TrialRun(answer=answer, console=console, died=died, hung=hung)
+
+    def alive(self) -> bool:
+        if self.dom is None:
+            return False
+        try:
+            return bool(self.dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def destroy(self) -> None:
+        """Stop the guest; a domain that is already gone is not an error."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.dom is not None:
+            try:
+                self.dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and self.alive():
+                    raise GuestError(f"cannot destroy guest {self.name}: {exc}") from exc
+            self.dom = None
+
+    def set_cpu_quota(self, quota_pct: int, period_us: int = 100_000) -> None:
+        """vCPU bandwidth of the running guest (a timing knob; -1 quota is unlimited)."""
+        if self.dom is None:
+            raise GuestError("guest is not booted")
+        quota = -1 if quota_pct >= 100 else max(1000, period_us * quota_pct // 100)
+        self.dom.setSchedulerParameters({"vcpu_period": period_us, "vcpu_quota": quota})
+
+    # console file ------------------------------------------------------
+
+    def _console_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _read_console(self, offset: int) -> bytes:
+        try:
+            with self.console_log.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(offset if offset <= size else 0)  # rotated by virtlogd: start over
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def _wait_for(self, marker: str, offset: int) -> None:
+        deadline = time.monotonic() + MARKER_WAIT_S
+        needle = marker.encode()
+        while time.monotonic() < deadline:
+            if needle in self._read_console(offset):
+                return
+            time.sleep(0.05)
+
+    def _excerpt(self, trial_id: str, offset: int) -> str:
+        data = self._read_console(offset)
+        begin = data.find(f"zapfarm: trial {trial_id} begin".encode())
+        if begin >= 0:
+            data = data[data.rfind(b"\n", 0, begin) + 1 :]
+        end_marker = f"zapfarm: trial {trial_id} end".encode()
+        end = data.find(end_marker)
+        if end >= 0:
+            line_end = data.find(b"\n", end)
+            data = data[: len(data) if line_end < 0 else line_end + 1]
+        return data.decode("utf-8", errors="replace")
+
+    def _tail(self, lines: int = 15) -> str:
+        text = self._read_console(max(0, self._console_size() - 4096)).decode(errors="replace")
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"; console tail:\n{tail}" if tail else ""
+
+
+def _world_readable(path: Path) -> bool:
+    """QEMU (user libvirt-qemu) must read the file and traverse every parent."""
+    if not os.stat(path).st_mode & 0o004:
+        return False
+    return all(os.stat(parent).st_mode & 0o001 for parent in path.resolve().parents)
+
+
+def qemu_readable(path: Path, shared: Path = SHARED_IMAGES) -> Path:
+    """``path``, or a copy QEMU can read when it sits under a private folder.
+
+    QEMU runs as libvirt-qemu, so an image under /root or a mode-700 temporary
+    checkout fails with "Permission denied". Images are content-addressed
+    (kernels are checked by sha256 when registered), so a copy under
+    /var/lib/zapfarm/images named by size and mtime is safe to reuse.
+    """
+    if not path.is_file():
+        raise GuestError(f"guest image {path} does not exist")
+    if _world_readable(path):
+        return path
+    st = path.stat()
+    copy = shared / f"{st.st_size}-{int(st.st_mtime)}-{path.name}"
+    try:
+        if not copy.is_file():
+            shared.mkdir(parents=True, exist_ok=True)
+            shared.chmod(0o755)
+            tmp = copy.with_suffix(".tmp")
+            shutil.copyfile(path, tmp)
+            tmp.chmod(0o644)
+            tmp.replace(copy)
+    except OSError as exc:
+        raise GuestError(
+            f"QEMU runs as libvirt-qemu and cannot read {path}, and copying it to {shared} "
+            f"failed ({exc}): keep images under world-traversable folders (chmod o+rx)"
+        ) from exc
+    if not _world_readable(copy):
+        raise GuestError(f"{copy} is not readable by libvirt-qemu: chmod o+rx its folders")
+    return copy
+
+
+def reap_orphans(conn: libvirt.virConnect) -> list[str]:
+    """Destroy farm guests whose owning process on this host is gone."""
+    host = socket.gethostname()
+    reaped = []
+    for dom in conn.listAllDomains():
+        name = dom.name()
+        if not name.startswith(NAME_PREFIX):
+            continue
+        pid_text = name[len(NAME_PREFIX) :].split("-", 1)[0]
+        try:
+            xml = dom.XMLDesc()
+        except libvirt.libvirtError:
+            continue
+        owner = f"<zapfarm:owner>{host}:{pid_text}</zapfarm:owner>"
+        if owner not in xml or (pid_text.isdigit() and _pid_alive(int(pid_text))):
+            continue
+        try:
+            persistent = dom.isPersistent()
+            if dom.isActive():
+                dom.destroy()
+            if persistent:
+                dom.undefine()
+            reaped.append(name)
+        except libvirt.libvirtError:
+            continue
+    return reaped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
