@@ -8,6 +8,7 @@ port for the duration of the command and stopped afterwards.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -66,3 +67,29 @@ def local_redis(url: str) -> Iterator[bool]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def known_task_ids(url: str, queues: list[str]) -> set[str]:
+    """Task ids the Redis broker holds: waiting in ``queues`` or delivered but unacked.
+
+    The scheduler asks this once at start, for batches a crashed predecessor
+    committed but may never have sent (kombu's Redis transport keeps waiting
+    messages in a list per queue and delivered ones in the ``unacked`` hash).
+    """
+    client = redis.Redis.from_url(url)
+    ids: set[str] = set()
+    raw: list[bytes] = []
+    for queue in queues:
+        raw += client.lrange(queue, 0, -1)
+    raw += client.hvals("unacked")
+    for item in raw:
+        try:
+            data = json.loads(item)
+        except ValueError:
+            continue
+        message = data[0] if isinstance(data, list) and data else data
+        if isinstance(message, dict):
+            task_id = (message.get("headers") or {}).get("id")
+            if task_id:
+                ids.add(str(task_id))
+    return ids

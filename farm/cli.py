@@ -14,25 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from farm.settings import Settings, SettingsError, load_settings
-
-err = Console(stderr=True)
-
-
-class FarmError(click.ClickException):
-    """An error the user can fix; shown without a traceback, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: object = None) -> None:
-        err.print(f"[bold red]error:[/] {self.message}", highlight=False)
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    try:
-        return load_settings(ctx.obj.get("config") if ctx.obj else None)
-    except SettingsError as exc:
-        raise FarmError(str(exc)) from exc
+from farm.cli_support import FarmError, err, settings_from
 
 
 @click.group()
@@ -96,12 +78,31 @@ def demo(ctx: click.Context, trials: int, as_json: bool) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", default=1, show_default=True, help="worker processes (guests)")
-@click.option("--queues", "-Q", default="celery", show_default=True)
+@click.option(
+    "--kernel", "kernels", multiple=True, help="kernel to serve (default: every local kernel)"
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int, queues: str, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker that runs trials in libvirt guests (needs no database)."""
-    settings_from(ctx)  # fail on a broken farm.toml before Celery starts
+def worker(
+    ctx: click.Context, concurrency: int, kernels: tuple[str, ...], celery_args: tuple[str, ...]
+) -> None:
+    """Run a Celery worker that runs trials in libvirt guests (needs no database).
+
+    It consumes one queue per kernel it has, plus the ``.cpu`` twin when this
+    host can throttle vCPUs (cgroup cpu controller); the scheduler routes
+    trials that need it there only.
+    """
+    from workers.host import can_limit_cpu, local_kernel_names, queues_for
+
+    settings = settings_from(ctx)
+    names = list(kernels) or local_kernel_names(settings.cache_dir)
+    if not names:
+        raise FarmError("no kernels on this host: `farm kernels fetch debian:bookworm` first")
+    cpu = can_limit_cpu()
+    err.print(
+        f"serving kernels: {', '.join(names)}; vCPU bandwidth control: "
+        f"{'yes' if cpu else 'no (no cgroup cpu controller): trials that need it go elsewhere'}"
+    )
     argv = [
         sys.executable,
         "-m",
@@ -112,7 +113,7 @@ def worker(ctx: click.Context, concurrency: int, queues: str, celery_args: tuple
         "--concurrency",
         str(concurrency),
         "--queues",
-        queues,
+        ",".join(queues_for(names, cpu_control=cpu)),
         "--loglevel",
         "INFO",
         *celery_args,
@@ -140,7 +141,11 @@ def db_upgrade(ctx: click.Context) -> None:
     click.echo(f"database at {redact_url(settings.database_url)} is at the newest schema")
 
 
-def _add_triage() -> None:
+def _add_groups() -> None:
+    from farm.campaign_commands import campaign, scheduler
+
+    main.add_command(campaign)
+    main.add_command(scheduler)
     try:
         from farm.triage.commands import triage
     except ModuleNotFoundError:  # TEMP until commands land
@@ -148,4 +153,8 @@ def _add_triage() -> None:
     main.add_command(triage)
 
 
-_add_triage()
+_add_groups()
+
+
+if __name__ == "__main__":
+    main()

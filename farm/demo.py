@@ -2,9 +2,9 @@
 
 SQLite in the cache folder, a Redis that needs no set-up (``farm.broker``),
 a local Celery worker started and stopped here, a real TCG NUMA guest on the
-installed Debian kernel. Every trial goes through the same path as in a
-distributed farm: Celery message, worker, guest agent, validated result,
-verdict, recorder.
+installed Debian kernel. The campaign runs through the production path:
+scheduler, Celery batch, worker, guest agent, validated result, verdict,
+recorder.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from farm import campaigns
 from farm.broker import local_redis
 from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.dispatch import Dispatch, Recorded, collect
 from farm.guest_image import build_initramfs
 from farm.kernels import installed_kernel
 from farm.localworker import LocalWorker
-from farm.models import Campaign
-from farm.params import SeedToken
-from farm.recorder import enqueue
+from farm.result import TrialResult
+from farm.scheduler import Scheduler
 from farm.settings import Settings
+from workers.celery_app import kernel_queue
 from workers.connection import open_connection
 
 
@@ -79,36 +79,31 @@ def run_demo(settings: Settings, trials: int, console: Console) -> DemoSummary:
         kernel = installed_kernel()
         engine = make_engine(settings.database_url)
         sessions = session_factory(engine)
-        run_id = uuid.uuid4().hex[:8]
-        queue = f"zapfarm-demo-{run_id}"
-        tokens = [str(SeedToken.random()) for _ in range(trials)]
+        name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         with sessions.begin() as session:
-            kernel_row = ensure_kernel(
+            ensure_kernel(
                 session, kernel.name, kernel.release, str(kernel.path), kernel.sha256, kernel.source
             )
-            campaign = Campaign(
-                name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}",
-                spec={"kind": "demo", "trials": trials, "kernels": [kernel.name]},
-                status="running",
+            spec = campaigns.parse_spec(
+                {
+                    "name": name,
+                    "kind": "demo",
+                    "kernels": [kernel.name],
+                    "concurrency": trials,
+                    "budget": {"trials": trials},
+                },
+                "demo campaign",
             )
-            session.add(campaign)
-            dispatches = []
-            for i, token in enumerate(tokens):
-                trial_id = f"demo-{run_id}-{i:04d}"
-                enqueue(
-                    session, trial_id=trial_id, token=token, kernel=kernel_row, campaign=campaign
-                )
-                dispatches.append(
-                    Dispatch(
-                        trial_id, token, kernel.name, str(kernel.path), settings.trial_deadline_s
-                    )
-                )
-            campaign_name = campaign.name
+            campaigns.transition(campaigns.create(session, spec), "running")
 
     from workers.celery_app import app  # after settings are final: the app reads them
 
-    results: list[Recorded] = []
-    with local_redis(settings.broker_url), LocalWorker(settings, queue) as worker:
+    results: list[TrialResult] = []
+    verdicts: Counter[str] = Counter()
+    with (
+        local_redis(settings.broker_url),
+        LocalWorker(settings, kernel_queue(kernel.name)) as worker,
+    ):
         setup_seconds = time.monotonic() - started
         columns = (
             TextColumn("[bold]trials"),
@@ -117,47 +112,51 @@ def run_demo(settings: Settings, trials: int, console: Console) -> DemoSummary:
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
         )
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task("booting the guest (TCG: ~15 s)", total=trials)
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("booting the guest (TCG: ~10 s)", total=trials)
 
-            def advance(rec: Recorded) -> None:
-                progress.update(
-                    bar, advance=1, description=f"{rec.result.trial_id}: {rec.verdict.kind}"
-                )
+            def recorded(result: TrialResult, verdict: str) -> None:
+                results.append(result)
+                verdicts[verdict] += 1
+                progress.update(bar, advance=1, description=f"{result.trial_id}: {verdict}")
 
-            results = collect(
+            scheduler = Scheduler(
                 app,
                 sessions,
-                dispatches,
-                queue,
-                on_result=advance,
-                alive=worker.alive,
-                timeout_s=trials * (settings.trial_deadline_s + 30) + settings.boot_deadline_s,
+                batch_size=1,
+                deadline_s=settings.trial_deadline_s,
+                on_record=recorded,
             )
-    with sessions.begin() as session:
-        row = session.get(Campaign, campaign.id)
-        if row is not None:
-            row.status = "done"
+            deadline = time.monotonic() + trials * (settings.trial_deadline_s + 60) + 300
+
+            def finished() -> bool:
+                if len(results) >= trials:
+                    return True
+                if not worker.alive():
+                    raise RuntimeError(f"the local worker died:\n{worker.log_tail()}")
+                return time.monotonic() > deadline
+
+            scheduler.run(stop=finished)
+            scheduler.tick()  # marks the campaign done
     engine.dispose()
 
-    verdicts = Counter(r.verdict.kind for r in results)
-    booted = [r.result for r in results if r.result.booted and r.result.guest]
+    booted = [r for r in results if r.booted and r.guest]
     boot_seconds = sum(r.guest.boot_seconds for r in booted if r.guest)
-    elapsed = [r.result.elapsed_ms / 1000 for r in results if r.result.elapsed_ms is not None]
+    elapsed = [r.elapsed_ms / 1000 for r in results if r.elapsed_ms is not None]
     total = time.monotonic() - started
     return DemoSummary(
         trials=len(results),
         kernel=kernel.name,
         verdicts=dict(sorted(verdicts.items())),
         boots=len(booted),
-        numa_nodes=[r.result.guest.numa_nodes for r in results if r.result.guest],
+        numa_nodes=[r.guest.numa_nodes for r in results if r.guest],
         setup_seconds=setup_seconds,
         boot_seconds=boot_seconds,
         trial_seconds=max(0.0, total - setup_seconds - boot_seconds),
         median_trial_seconds=round(statistics.median(elapsed), 2) if elapsed else None,
         seconds=total,
-        tokens=[r.result.token for r in results],
-        campaign=campaign_name,
+        tokens=[r.token for r in results],
+        campaign=name,
     )
 
 

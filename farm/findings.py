@@ -49,6 +49,7 @@ from farm.db import dialect_insert
 from farm.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
 from farm.result import ResultError, TrialResult, clip, validate_result
 from farm.sanitize import clean_text
+from farm.storage import console_text
 from farm.triage.verdict import FINDING_KINDS, Verdict, judge
 
 MAX_REPORT_CHARS = 32 * 1024  # the example's report kept with its finding (head and tail)
@@ -368,6 +369,7 @@ _RERUN_COLUMNS = tuple(
         "finding_id",
         "result",
         "console",
+        "console_z",
         "finished_at",
         "recorded_at",
         "created_at",
@@ -449,7 +451,9 @@ def _rejudge(row: Any, summary: RerunSummary) -> Verdict:
     if row.result is None:
         return _keep(summary, stored, f"trial pk {row.id}: no stored result")
     try:
-        result: TrialResult = validate_result({**row.result, "console": row.console or ""})
+        result: TrialResult = validate_result(
+            {**row.result, "console": console_text(row.console, row.console_z)}
+        )
     except ResultError as exc:
         return _keep(summary, stored, f"trial pk {row.id}: stored result invalid: {exc}")
     try:

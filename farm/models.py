@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -129,6 +130,8 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # the scheduler's memory: trials created so far, the search's state (resumes after restarts)
+    state: Mapped[dict[str, Any] | None]
 
     def __repr__(self) -> str:
         return f"Campaign(id={self.id!r}, name={self.name!r}, status={self.status!r})"
@@ -153,6 +156,7 @@ class Trial(Base):
         Index("ix_trials_finished_at", "finished_at"),
         # a finding's trials, latest first (also serves the FK)
         Index("ix_trials_finding_finished", "finding_id", "finished_at"),
+        Index("ix_trials_batch", "batch_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -180,6 +184,10 @@ class Trial(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     console: Mapped[str | None] = mapped_column(Text)  # bounded excerpt (result.MAX_CONSOLE_BYTES)
+    # clean trials keep their console only as a zlib-compressed sample (farm.storage)
+    console_z: Mapped[bytes | None] = mapped_column(LargeBinary)
+    console_bytes: Mapped[int | None]  # the excerpt's size before any of that
+    batch_id: Mapped[str | None] = mapped_column(String(64))  # the Celery task that carries it
     result: Mapped[dict[str, Any] | None]  # the validated TrialResult without its console
 
     # oracle columns, copied from result.program for queries and plots
@@ -299,3 +307,18 @@ class FindingCount(Base):
             f"FindingCount(finding_id={self.finding_id!r}, kernel_id={self.kernel_id!r}, "
             f"campaign_id={self.campaign_id!r}, count={self.count!r})"
         )
+
+
+class Worker(Base):
+    """A worker process as the scheduler last heard of it (workers never write here)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    info: Mapped[dict[str, Any] | None]  # kernels, capabilities, slots, virt type
+
+    def __repr__(self) -> str:
+        return f"Worker(name={self.name!r}, last_seen={self.last_seen!r})"

@@ -42,6 +42,7 @@ from farm.models import Campaign, Kernel, Trial, utcnow
 from farm.params import SeedToken, TokenError, TrialParams
 from farm.result import ResultError, TrialResult, validate_result
 from farm.sanitize import clean_json, clean_text
+from farm.storage import CLEAN_CONSOLE_SAMPLE, console_columns
 from farm.triage.verdict import FINDING_KINDS, Verdict
 
 _VERDICT_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
@@ -132,6 +133,7 @@ def record(
     result: TrialResult | Mapping[str, Any],
     *,
     verdict: Verdict | str,
+    clean_console_sample: float = CLEAN_CONSOLE_SAMPLE,
 ) -> RecordOutcome:
     """Store one result in its own transaction; safe to call again with the same result.
 
@@ -143,7 +145,7 @@ def record(
     checked = _validated(result)
     judged = _as_verdict(verdict)
     with session_factory.begin() as session:
-        outcome, stored = _record_one(session, checked, judged)
+        outcome, stored = _record_one(session, checked, judged, clean_console_sample)
         if stored is not None:
             stored.attach(session)
         return outcome
@@ -152,6 +154,8 @@ def record(
 def record_many(
     session_factory: sessionmaker[Session],
     results: Iterable[tuple[TrialResult | Mapping[str, Any], Verdict | str]],
+    *,
+    clean_console_sample: float = CLEAN_CONSOLE_SAMPLE,
 ) -> list[RecordOutcome]:
     """Store (result, verdict) pairs in one transaction; outcomes in the given order.
 
@@ -171,7 +175,7 @@ def record_many(
     with session_factory.begin() as session:
         to_attach: list[_Stored] = []
         for i in order:
-            outcomes[i], stored = _record_one(session, *checked[i])
+            outcomes[i], stored = _record_one(session, *checked[i], clean_console_sample)
             if stored is not None:
                 to_attach.append(stored)
         for stored in sorted(to_attach, key=_Stored.lock_order):
@@ -239,10 +243,10 @@ def _as_verdict(verdict: Verdict | str) -> Verdict:
 
 
 def _record_one(
-    session: Session, result: TrialResult, verdict: Verdict
+    session: Session, result: TrialResult, verdict: Verdict, sample: float
 ) -> tuple[RecordOutcome, _Stored | None]:
     """Write the trial row; what to attach to a finding if this delivery stored it."""
-    values = done_values(result, verdict)
+    values = done_values(result, verdict, sample)
     key = finding_key(verdict.kind, verdict.title)
 
     def stored(pk: int, kernel_id: int, campaign_id: int | None) -> _Stored | None:
@@ -298,7 +302,9 @@ def _record_one(
     raise RecorderError(f"trial {trial_id!r} could not be recorded (status {status!r})")
 
 
-def done_values(result: TrialResult, verdict: Verdict | str) -> dict[str, Any]:
+def done_values(
+    result: TrialResult, verdict: Verdict | str, clean_console_sample: float = CLEAN_CONSOLE_SAMPLE
+) -> dict[str, Any]:
     """The columns a recorded result sets on its trial row (finding_id is set by attaching)."""
     judged = verdict if isinstance(verdict, Verdict) else Verdict(verdict)
     prog = result.program
@@ -322,7 +328,9 @@ def done_values(result: TrialResult, verdict: Verdict | str) -> dict[str, Any]:
         "started_at": _timestamp(result.started_at),
         "finished_at": _timestamp(result.finished_at),
         "error": clean_text(result.error) if result.error is not None else None,
-        "console": clean_text(result.console),
+        **console_columns(
+            result.trial_id, clean_text(result.console), judged.kind, clean_console_sample
+        ),
         "result": clean_json(raw),
         "recorded_at": utcnow(),
     }

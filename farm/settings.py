@@ -47,6 +47,7 @@ WORKER_KEYS = frozenset(
         "trial_deadline_s",
         "boot_deadline_s",
         "virt_type",
+        "executor",
         "worker_name",
     }
 )
@@ -87,6 +88,7 @@ class Settings:
     trial_deadline_s: int = 120
     boot_deadline_s: int = 90
     virt_type: str | None = None  # "kvm" or "qemu" (TCG); unset: probe once per host
+    executor: str = "libvirt"  # "synthetic": no guests, instant clean results (benchmarks)
     worker_name: str = field(default_factory=socket.gethostname)
     web_token: str | None = None
     config_file: Path | None = None  # where the values came from; not a key
@@ -250,6 +252,8 @@ def _convert(where: str, key: str, typ: type, value: Any) -> Any:
         return value
     if typ is Path:
         return Path(value).expanduser().absolute()
+    if key == "executor" and value not in ("libvirt", "synthetic"):
+        raise SettingsError(f"{where} is {value!r}: use \"libvirt\" or \"synthetic\"")
     if key == "virt_type" and value not in ("kvm", "qemu"):
         raise SettingsError(f"{where} is {value!r}: use \"kvm\", \"qemu\" (TCG) or leave it unset")
     if (key.endswith("_url") or key == "result_backend") and "://" not in value:

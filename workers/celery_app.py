@@ -14,6 +14,13 @@ from celery import Celery
 from farm.settings import load_settings
 
 TRIAL_TASK = "zapfarm.run_trial"
+BATCH_TASK = "zapfarm.run_batch"
+QUEUE_PREFIX = "zapfarm.k."
+
+
+def kernel_queue(kernel_name: str) -> str:
+    """The queue of trials for one kernel; workers that have the kernel consume it."""
+    return QUEUE_PREFIX + kernel_name
 
 
 def trial_message(

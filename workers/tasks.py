@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -10,20 +11,29 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
-from farm.guest_image import build_initramfs
 
+from farm.guest_image import build_initramfs
 from farm.result import TrialResult
-from farm.settings import load_settings
-from workers.celery_app import TRIAL_TASK, app
+from farm.settings import Settings, load_settings
+from workers.celery_app import BATCH_TASK, TRIAL_TASK, app
 from workers.connection import open_connection
 from workers.pool import GuestPool
+from workers.synthetic import synthetic_result
 from workers.trial import execute
 from workers.vm import reap_orphans
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 256
+SOFT_LIMIT_ERROR = "the trial hit the worker's soft time limit; guest destroyed"
+
 _pool: GuestPool | None = None
 _pool_pid: int | None = None
+
+
+@functools.cache
+def _settings() -> Settings:
+    return load_settings()
 
 
 def guest_pool() -> GuestPool:
@@ -35,7 +45,7 @@ def guest_pool() -> GuestPool:
     global _pool, _pool_pid
     if _pool is not None and _pool_pid == os.getpid():
         return _pool
-    settings = load_settings()
+    settings = _settings()
     conn = open_connection(settings.libvirt_uri)
     reaped = reap_orphans(conn)
     if reaped:
@@ -61,22 +71,9 @@ def _close(**_: Any) -> None:
         _pool.close()
 
 
-@app.task(name=TRIAL_TASK, bind=True)
-def run_trial(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial; always returns a validated TrialResult as JSON."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    started = time.time()
-    try:
-        pool = guest_pool()
-        return execute(pool, message, worker=worker).to_json()
-    except SoftTimeLimitExceeded:
-        kernel = str((message.get("kernel") or {}).get("name", ""))
-        if _pool is not None:
-            _pool.retire(kernel)
-        outcome, error = "timeout", "the trial hit the worker's soft time limit; guest destroyed"
-    except Exception as exc:  # infrastructure trouble must still produce a record
-        log.exception("trial %s failed on the worker", message.get("trial_id"))
-        outcome, error = "infra-error", f"{type(exc).__name__}: {exc}"
+def _failed(
+    message: dict[str, Any], worker: str, started: float, outcome: str, error: str
+) -> dict[str, Any]:
     return TrialResult(
         trial_id=str(message.get("trial_id", "(none)"))[:128],
         token=str(message.get("token", ""))[:256],
@@ -87,3 +84,58 @@ def run_trial(self: Any, message: dict[str, Any]) -> dict[str, Any]:
         started_at=started,
         finished_at=time.time(),
     ).to_json()
+
+
+def _run_one(message: dict[str, Any], worker: str) -> dict[str, Any]:
+    """One trial; always a validated TrialResult as JSON (SoftTimeLimitExceeded propagates)."""
+    started = time.time()
+    log.info("running trial %s", str(message.get("trial_id", ""))[:128])
+    try:
+        if _settings().executor == "synthetic":
+            return synthetic_result(message, worker).to_json()
+        return execute(guest_pool(), message, worker=worker).to_json()
+    except SoftTimeLimitExceeded:
+        kernel = str((message.get("kernel") or {}).get("name", ""))
+        if _pool is not None:
+            _pool.retire(kernel)
+        raise
+    except Exception as exc:  # infrastructure trouble must still produce a record
+        log.exception("trial %s failed on the worker", message.get("trial_id"))
+        return _failed(message, worker, started, "infra-error", f"{type(exc).__name__}: {exc}")
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(name=TRIAL_TASK)
+def run_trial(message: dict[str, Any]) -> dict[str, Any]:
+    """Run one trial."""
+    started = time.time()
+    try:
+        return _run_one(message, _worker_name())
+    except SoftTimeLimitExceeded:
+        return _failed(message, _worker_name(), started, "timeout", SOFT_LIMIT_ERROR)
+
+
+@app.task(name=BATCH_TASK)
+def run_batch(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run trials one after another on this process's guests; one result per message.
+
+    Batches amortise the broker round trip (~420 messages/s on 2 cores with
+    acks_late): results travel and are recorded together.
+    """
+    results: list[dict[str, Any]] = []
+    worker = _worker_name()
+    for i, message in enumerate(messages[:MAX_BATCH]):
+        started = time.time()
+        try:
+            results.append(_run_one(message, worker))
+        except SoftTimeLimitExceeded:
+            results.append(_failed(message, worker, started, "timeout", SOFT_LIMIT_ERROR))
+            for rest in messages[i + 1 : MAX_BATCH]:
+                results.append(
+                    _failed(rest, worker, time.time(), "infra-error", "not run: batch time limit")
+                )
+            break
+    return results

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.triage.console import Report, parse
-
 from farm.result import TrialResult
+from farm.triage.console import Report, parse
 
 KINDS = (
     "infra-error",

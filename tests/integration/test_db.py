@@ -30,7 +30,7 @@ from farm.recorder import (
 from farm.result import ResultError, TrialResult, validate_result
 
 TOKEN = "zf1-8188e2f542964e0c"
-FARM_TABLES = {"kernels", "campaigns", "trials", "findings", "finding_counts"}
+FARM_TABLES = {"kernels", "campaigns", "trials", "findings", "finding_counts", "workers"}
 
 
 def result_dict(trial_id: str, token: str = TOKEN, **overrides: Any) -> dict[str, Any]:

@@ -30,13 +30,13 @@ RSS_SPLAT = "BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:-1\n"
 T0 = 1_764_300_000.0
 
 
-def warning(func: str) -> str:
-    """A console with a WARNING whose title is "WARNING in <func>"."""
+def warning(fn: str) -> str:
+    """A console with a WARNING whose title is "WARNING in <fn>"."""
     return (
         "------------[ cut here ]------------\n"
-        f"WARNING: CPU: 1 PID: 245 at mm/memory.c:1435 {func}+0x4c3/0x8f0\n"
+        f"WARNING: CPU: 1 PID: 245 at mm/memory.c:1435 {fn}+0x4c3/0x8f0\n"
         "Modules linked in:\n"
-        f"RIP: 0010:{func}+0x4c3/0x8f0\n"
+        f"RIP: 0010:{fn}+0x4c3/0x8f0\n"
         "---[ end trace 0000000000000000 ]---\n"
     )
 
@@ -423,7 +423,13 @@ def test_rerun_fixes_stale_verdicts_and_rebuilds_counts(
 ) -> None:
     queue(db_sessions, "r-1", "k-a", "camp-x")
     # recorded before the parser knew about it: stored as clean, the console says otherwise
-    record(db_sessions, make("r-1", console="boot ok\n" + RSS_SPLAT, clean=True), verdict="clean")
+    # (its console was kept: clean consoles are a sample, farm.storage)
+    record(
+        db_sessions,
+        make("r-1", console="boot ok\n" + RSS_SPLAT, clean=True),
+        verdict="clean",
+        clean_console_sample=1.0,
+    )
     # a wrong title from an older parser: its own finding, which rerun leaves "gone"
     stale = Verdict("kernel-report", title="WARNING in old_parser_guess", detail="old")
     record(db_sessions, make("r-2", console=warning("zap_pte_range"), at=T0 + 5), verdict=stale)

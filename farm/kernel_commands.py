@@ -1,0 +1,272 @@
+"""``farm kernels ...``: fetch, add, build and list the kernels trials boot.
+
+Registered on the main group in farm.cli (``main.add_command(kernels)``).
+Progress goes to stderr (rich); the one-line results go to stdout, so that
+scripts can read what was registered. Errors exit 2 naming the fix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from farm.cli_support import FarmError, settings_from
+from farm.kernels import FLAVOURS, SUITES, KernelError, KernelImage, readable_by_qemu
+
+if TYPE_CHECKING:
+    from farm.settings import Settings
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Known failures become FarmError (exit 2, message only)."""
+    from farm.db import DatabaseError
+
+    try:
+        yield
+    except (KernelError, DatabaseError) as exc:
+        raise FarmError(str(exc)) from exc
+
+
+def _register(settings: Settings, image: KernelImage) -> None:
+    from farm.kernels import register
+    from farm.settings import redact_url
+
+    register(settings.database_url, image)
+    err.print(f"registered [bold]{image.name}[/] in {redact_url(settings.database_url)}")
+    if not readable_by_qemu(image.path):
+        err.print(
+            f"[yellow]note:[/] {image.path} is under a folder libvirt-qemu cannot enter; "
+            "workers copy it to /var/lib/zapfarm/images before booting"
+        )
+
+
+@click.group("kernels")
+def kernels() -> None:
+    """Guest kernels: Debian's, custom bzImages, and instrumented builds."""
+
+
+@kernels.command("fetch")
+@click.argument("distribution", metavar="debian:" + "|debian:".join(SUITES))
+@click.option(
+    "--flavour",
+    default="amd64",
+    show_default=True,
+    help=f"kernel flavour: {', '.join(FLAVOURS)}",
+)
+@click.option("--name", help="register under this name (default debian-<suite>-<release>)")
+@click.pass_context
+def fetch(ctx: click.Context, distribution: str, flavour: str, name: str | None) -> None:
+    """Download the newest Debian kernel of a release and register it.
+
+    Uses the Debian mirror of this host's apt sources through a private apt
+    set-up under cache_dir/apt/ (the system's apt is not touched). A version
+    that is already cached is not downloaded again.
+    """
+    from farm.kernels import check_flavour, fetch_debian, parse_distribution
+
+    settings = settings_from(ctx)
+    with _errors():
+        suite = parse_distribution(distribution)
+        check_flavour(flavour)
+        with err.status(f"fetching the {flavour} kernel of debian:{suite}") as status:
+
+            def say(msg: str) -> None:
+                if msg.startswith("[warning]"):
+                    err.print(f"[yellow]warning:[/] {msg.removeprefix('[warning] ')}")
+                    return
+                err.print(f"  {msg}")
+                status.update(msg)
+
+            result = fetch_debian(settings.cache_dir, suite, flavour, name=name, progress=say)
+        image = result.image
+        if result.downloaded:
+            err.print(
+                f"fetched {result.package} {result.version}: "
+                f"{result.download_bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
+            )
+        else:
+            err.print(f"{result.package} {result.version} was cached ({result.seconds:.1f} s)")
+        _register(settings, image)
+    click.echo(f"{image.name}\t{image.release}\t{image.sha256}\t{image.path}")
+
+
+@kernels.command("add")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="the name trials and campaigns use for it")
+@click.option("--release", help="uname -r (default: read from the bzImage header)")
+@click.pass_context
+def add(ctx: click.Context, path: Path, name: str, release: str | None) -> None:
+    """Register a custom bzImage (copied into the cache, world-readable)."""
+    from farm.kernels import add_custom
+
+    settings = settings_from(ctx)
+    with _errors():
+        image = add_custom(settings.cache_dir, path, name, release)
+        err.print(f"copied {path} to {image.path} (release {image.release})")
+        _register(settings, image)
+    click.echo(f"{image.name}\t{image.release}\t{image.sha256}\t{image.path}")
+
+
+@kernels.command("list")
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    """Every registered kernel, and whether its image is on this host's disk."""
+    from farm.kernels import list_kernels
+
+    settings = settings_from(ctx)
+    with _errors():
+        rows = list_kernels(settings.database_url)
+    table = Table(title=f"{len(rows)} kernel(s)", title_justify="left")
+    for column in ("name", "release", "source", "sha256", "path", "on disk"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.release,
+            row.source,
+            (row.sha256 or "-")[:12],
+            row.path or "-",
+            "[green]yes[/]" if row.present else "[red]no[/]",
+        )
+    Console(highlight=False).print(table)
+
+
+@kernels.command("source")
+@click.argument("series", type=click.Choice(sorted(SUITES.values())))
+@click.option("--refresh", is_flag=True, help="ask the mirror for a newer package version")
+@click.pass_context
+def source(ctx: click.Context, series: str, refresh: bool) -> None:
+    """Fetch Debian's linux-source-<series> tarball for builds and tests (no build)."""
+    from farm.kernelbuild import get_source
+
+    settings = settings_from(ctx)
+    started = time.monotonic()
+    with _errors(), err.status(f"getting linux-source-{series}") as status:
+
+        def say(msg: str) -> None:
+            err.print(f"  {msg}")
+            status.update(msg)
+
+        tarball = get_source(settings.cache_dir, series, refresh=refresh, progress=say)
+    err.print(
+        f"linux-source-{series} {tarball.package_version} ({tarball.origin}, "
+        f"{tarball.path.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - started:.1f} s"
+    )
+    click.echo(str(tarball.path))
+
+
+@kernels.command("build")
+@click.option(
+    "--source",
+    "series",
+    required=True,
+    type=click.Choice(sorted(SUITES.values())),
+    help="kernel series: Debian's linux-source-<series>",
+)
+@click.option(
+    "--instrument",
+    type=click.Choice(["warn"]),
+    help="warn: the seed's WARN_ON_ONCE(is_migration_entry(entry)) in zap_pte_range()",
+)
+@click.option(
+    "--revert-fix",
+    is_flag=True,
+    help="restore the pre-5abfd71d936a skip of swap/migration entries (positive control)",
+)
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), help="make -j (default: all CPUs)")
+@click.option("--refresh-source", is_flag=True, help="ask the mirror for a newer source package")
+@click.option("--keep-tree", is_flag=True, help="keep the build tree (for debugging)")
+@click.pass_context
+def build_cmd(
+    ctx: click.Context,
+    series: str,
+    instrument: str | None,
+    revert_fix: bool,
+    jobs: int | None,
+    refresh_source: bool,
+    keep_tree: bool,
+) -> None:
+    """Build a small guest kernel (tinyconfig + guest/kernel/config.fragment) and register it.
+
+    Cached by source version, fragments and patches: an unchanged build is instant.
+    """
+    from farm.kernelbuild import BuildSpec, build, expected_steps
+
+    settings = settings_from(ctx)
+    started = time.monotonic()
+    with _errors():
+        spec = BuildSpec(series, instrument, revert_fix)
+        columns = (
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}", style="dim"),
+        )
+        with Progress(*columns, console=err, transient=False) as progress:
+            bar = progress.add_task("", total=None, stage="preparing")
+            stage_started = [time.monotonic()]
+
+            def say(msg: str) -> None:
+                now = time.monotonic()
+                progress.console.print(f"  [{now - started:6.1f} s] {msg}")
+                stage_started[0] = now
+                if msg.startswith("compiling"):
+                    progress.update(
+                        bar,
+                        stage="compiling",
+                        total=expected_steps(settings.cache_dir, series),
+                        completed=0,
+                    )
+
+            def step(count: int, what: str) -> None:
+                task = progress.tasks[0]
+                total = task.total or count
+                progress.update(
+                    bar, completed=count, total=max(total, count), description=what[-60:]
+                )
+
+            result = build(
+                settings.cache_dir,
+                spec,
+                jobs=jobs,
+                refresh_source=refresh_source,
+                keep_tree=keep_tree,
+                progress=say,
+                on_step=step,
+            )
+            if result.built:
+                progress.update(bar, total=result.steps, completed=result.steps, stage="done")
+            else:
+                progress.update(bar, total=1, completed=1, stage="cached")
+        image = result.image
+        size = image.path.stat().st_size
+        if result.built:
+            err.print(
+                f"built {image.name} ({image.release}, {size / 1e6:.1f} MB) in "
+                f"{result.seconds:.0f} s (make: {result.make_seconds:.0f} s, "
+                f"{result.steps} steps)"
+            )
+        else:
+            err.print(f"{image.name} was cached ({size / 1e6:.1f} MB)")
+        _register(settings, image)
+    click.echo(f"{image.name}\t{image.release}\t{image.sha256}\t{image.path}")

@@ -1,0 +1,634 @@
+"""Build small guest kernels from Debian's linux-source packages.
+
+The farm needs kernels Debian does not ship: the positive control (the fix
+5abfd71d936a reverted, plus the seed's WARN_ON_ONCE at the skip site) and
+instrumented variants of each series. A build is tinyconfig plus
+``guest/kernel/config.fragment`` (checked option by option after
+``make olddefconfig``), plus the patches of the chosen flags from
+``guest/kernel/patches/<flag>/<series>/``.
+
+Builds are cached by a key over everything that goes in (source package
+version, fragments, patches, flags, this builder's version): the same key
+never builds twice, and a changed input can never reuse a stale image.
+The result lands in ``cache_dir/kernels/build-<series>-<flags>-<key8>/``; the
+tarballs, excerpts, logs and build trees live in dot-folders beside it, since
+every other folder of ``cache_dir/kernels`` is a kernel (workers.host lists them).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm.kernels import (
+    SUITES,
+    KernelError,
+    KernelImage,
+    PrivateApt,
+    dpkg_extract,
+    find_mirrors,
+    inspect_bzimage,
+    kernels_dir,
+    place_image,
+    read_manifest,
+    sha256_of,
+    write_manifest,
+)
+
+BUILDER_VERSION = 1  # bump when the way a build is made changes (not its inputs)
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "guest" / "kernel"
+ARCH = "x86_64"
+# kernel series -> the Debian suite whose linux-source-<series> package has it
+SERIES: dict[str, str] = {v: k for k, v in SUITES.items()}
+INSTRUMENTS = ("warn",)
+# patch sets in the order they apply; each is guest/kernel/patches/<set>/<series>/*.patch
+PATCH_ORDER = ("revert-fix", "warn")
+# rough number of make steps of one build (a progress bar total, refined by past builds)
+EXPECTED_STEPS = {"5.10": 1300, "6.1": 1400, "6.12": 1500}
+USR_SRC = Path("/usr/src")
+
+Progress = Callable[[str], None]
+StepCallback = Callable[[int, str], None]  # (steps so far, what make is doing now)
+
+_CONFIG_LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_UNSET_LINE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+_MAKE_STEP = re.compile(
+    r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|GEN|SYSHDR|SYSTBL|WRAP|UPD|CALL|OBJCOPY|"
+    r"LDS|MKPIGGY|ZOFFSET|VOFFSET|RELOCS|KSYMS|BUILD|POLICY|DESCEND|CHK|XZKERN|GZIP|"
+    r"MODPOST|SORTTAB|NM|CPUSTR|MKREQ|HYPERCALLS|AS_\w+|CC_\w+)\s+(\S+)"
+)
+
+
+# --- what a build is -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    series: str
+    instrument: str | None = None
+    revert_fix: bool = False
+
+    def __post_init__(self) -> None:
+        if self.series not in SERIES:
+            raise KernelError(
+                f"unknown kernel series {self.series!r}: use one of {', '.join(SERIES)} "
+                "(Debian's linux-source-<series> packages)"
+            )
+        if self.instrument is not None and self.instrument not in INSTRUMENTS:
+            raise KernelError(
+                f"unknown instrumentation {self.instrument!r}: use one of {', '.join(INSTRUMENTS)}"
+            )
+
+    @property
+    def patch_sets(self) -> list[str]:
+        chosen = {"revert-fix": self.revert_fix, "warn": self.instrument == "warn"}
+        return [name for name in PATCH_ORDER if chosen[name]]
+
+    @property
+    def flags(self) -> str:
+        """"warn-revertfix", "warn", "revertfix" or "plain": part of the kernel's name."""
+        return "-".join(s.replace("-", "") for s in self.patch_sets) or "plain"
+
+
+def fragments_for(series: str, kernel_dir: Path = KERNEL_DIR) -> list[Path]:
+    """The common fragment, then ``config-<series>.fragment`` if there is one."""
+    common = kernel_dir / "config.fragment"
+    if not common.is_file():
+        raise KernelError(f"{common} is missing (run from a zapfarm checkout)")
+    own = kernel_dir / f"config-{series}.fragment"
+    return [common, own] if own.is_file() else [common]
+
+
+def patches_for(spec: BuildSpec, kernel_dir: Path = KERNEL_DIR) -> list[Path]:
+    """Patch files in the order they apply; a chosen flag without patches is an error."""
+    found: list[Path] = []
+    for name in spec.patch_sets:
+        folder = kernel_dir / "patches" / name / spec.series
+        patches = sorted(folder.glob("*.patch"))
+        if not patches:
+            raise KernelError(f"no patches for {name} on {spec.series}: {folder}/*.patch is empty")
+        found += patches
+    return found
+
+
+def parse_fragment(paths: list[Path]) -> dict[str, str]:
+    """CONFIG_X -> wanted value ("y", "4", '"text"', or "n" for "is not set"); later wins."""
+    wanted: dict[str, str] = {}
+    for path in paths:
+        for n, raw in enumerate(path.read_text().splitlines(), 1):
+            line = raw.strip()
+            if m := _CONFIG_LINE.match(line):
+                wanted[m[1]] = m[2]
+            elif m := _UNSET_LINE.match(line):
+                wanted[m[1]] = "n"
+            elif line and not line.startswith("#"):
+                raise KernelError(f"{path}:{n}: not a config line: {raw!r}")
+    return wanted
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """A .config as CONFIG_X -> value ("n" for "is not set")."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if m := _CONFIG_LINE.match(line):
+            values[m[1]] = m[2]
+        elif m := _UNSET_LINE.match(line):
+            values[m[1]] = "n"
+    return values
+
+
+def build_key(
+    package_version: str, spec: BuildSpec, fragments: list[Path], patches: list[Path]
+) -> str:
+    """sha256 over every input of a build: what the cache is keyed by."""
+    digest = hashlib.sha256()
+    digest.update(f"builder {BUILDER_VERSION}\narch {ARCH}\n".encode())
+    digest.update(f"source linux-source-{spec.series} {package_version}\n".encode())
+    digest.update(f"flags {spec.flags}\n".encode())
+    for kind, files in (("fragment", fragments), ("patch", patches)):
+        for path in files:
+            digest.update(f"{kind} {path.name}\n".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def build_name(spec: BuildSpec, key: str) -> str:
+    return f"build-{spec.series}-{spec.flags}-{key[:8]}"
+
+
+# --- the source tarball ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceTarball:
+    series: str
+    package_version: str
+    path: Path
+    origin: str  # "installed" (/usr/src, a system package) or "cache"
+
+
+def sources_dir(cache_dir: Path) -> Path:
+    return kernels_dir(cache_dir) / ".sources"
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}\t${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return None
+    status, _, version = done.stdout.partition("\t")
+    return version if done.returncode == 0 and status.endswith(" installed") else None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version))
+
+
+def find_source(cache_dir: Path, series: str, usr_src: Path = USR_SRC) -> SourceTarball | None:
+    """A linux-source-<series> tarball already on this host, without any network."""
+    installed = usr_src / f"linux-source-{series}.tar.xz"
+    version = _installed_version(f"linux-source-{series}") if installed.is_file() else None
+    if version:
+        return SourceTarball(series, version, installed, "installed")
+    cached = [
+        p
+        for p in sources_dir(cache_dir).glob(f"*/linux-source-{series}.tar.xz")
+        if p.is_file()
+    ]
+    if not cached:
+        return None
+    newest = max(cached, key=lambda p: _version_key(p.parent.name))
+    return SourceTarball(series, newest.parent.name, newest, "cache")
+
+
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str | None:
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    return m[1] if m else None
+
+
+def get_source(
+    cache_dir: Path, series: str, *, refresh: bool = False, progress: Progress | None = None
+) -> SourceTarball:
+    """The linux-source-<series> tarball: on disk already, or fetched now.
+
+    Without ``refresh`` an existing tarball is used as is (no network). The
+    host's own suite installs the package with apt-get (it lands in /usr/src);
+    other suites are downloaded with the private apt of farm.kernels and only
+    the tarball is kept, in ``cache_dir/kernels/sources/<version>/``.
+    """
+    say = progress or (lambda _msg: None)
+    BuildSpec(series)  # validates the series
+    suite = SERIES[series]
+    if not refresh and (found := find_source(cache_dir, series)) is not None:
+        return found
+    package = f"linux-source-{series}"
+    if not refresh and host_suite() == suite and os.geteuid() == 0:
+        say(f"installing {package} with apt-get (the host is debian:{suite})")
+        _apt_install(package)
+        if (found := find_source(cache_dir, series)) is not None and found.origin == "installed":
+            return found
+    mirrors = find_mirrors()
+    apt = PrivateApt(Path(cache_dir) / "apt" / suite, suite, mirrors)
+    say(f"updating package lists of debian:{suite} from {mirrors.debian}")
+    try:
+        apt.update()
+    except KernelError as exc:
+        if not apt.has_lists():
+            raise
+        say(f"[warning] {exc}\nusing the package lists fetched earlier")
+    pkg = apt.package(package)
+    if pkg is None:
+        raise KernelError(f"debian:{suite} has no package {package} on {mirrors.debian}")
+    folder = sources_dir(cache_dir) / pkg.version
+    tarball = folder / f"linux-source-{series}.tar.xz"
+    if tarball.is_file():
+        return SourceTarball(series, pkg.version, tarball, "cache")
+    say(f"downloading {package} {pkg.version} ({pkg.size / 1e6:.0f} MB) from {mirrors.debian}")
+    sources_dir(cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".src-", dir=sources_dir(cache_dir)) as tmp:
+        deb = apt.download(pkg, Path(tmp) / "deb")
+        say(f"unpacking {deb.name}")
+        tree = Path(tmp) / "tree"
+        dpkg_extract(deb, tree)
+        inner = tree / "usr" / "src" / f"linux-source-{series}.tar.xz"
+        if not inner.is_file():
+            raise KernelError(f"{deb.name} holds no usr/src/linux-source-{series}.tar.xz")
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(inner, tarball)
+    return SourceTarball(series, pkg.version, tarball, "cache")
+
+
+def _apt_install(package: str) -> None:
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise KernelError(
+            f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}\n"
+            "run `apt-get update` first if the package lists are old"
+        )
+
+
+def extract(tarball: Path, dest: Path, members: list[str] | None = None) -> Path:
+    """Unpack the tarball (or only ``members``, tar wildcards) into ``dest``.
+
+    Returns the tree's top folder (``dest/linux-source-<series>``).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    xz = "xz -T0" if shutil.which("xz") else None
+    cmd = ["tar", "-x", "-f", str(tarball), "-C", str(dest)]
+    cmd[1:1] = [f"--use-compress-program={xz}"] if xz else ["-J"]
+    if members:
+        cmd += ["--wildcards", *members]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise KernelError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
+    tops = [p for p in dest.iterdir() if p.is_dir() and p.name.startswith("linux-source-")]
+    if len(tops) != 1:
+        raise KernelError(f"{tarball} did not unpack to one linux-source-* folder in {dest}")
+    return tops[0]
+
+
+def source_excerpt(cache_dir: Path, source: SourceTarball) -> Path:
+    """mm/memory.c and every Kconfig file of a tarball, unpacked once and kept.
+
+    Checking patches and fragment symbols needs only these (~1,700 files); a
+    full unpack takes much longer. Keyed by the tarball's version, size and mtime.
+    """
+    st = source.path.stat()
+    key = f"{source.series}-{source.package_version}-{st.st_size}-{int(st.st_mtime)}"
+    folder = kernels_dir(cache_dir) / ".excerpts" / key
+    done_mark = folder / ".complete"
+    if not done_mark.is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".excerpt-", dir=folder.parent))
+        try:
+            extract(source.path, tmp, [f"linux-source-{source.series}/mm/memory.c", "*Kconfig*"])
+            (tmp / ".complete").touch()
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder / f"linux-source-{source.series}"
+
+
+def kconfig_symbols(tree: Path) -> set[str]:
+    """Every CONFIG_ symbol some Kconfig file in ``tree`` defines."""
+    symbols: set[str] = set()
+    pattern = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.M)
+    for path in tree.rglob("Kconfig*"):
+        if path.is_file():
+            symbols.update(
+                f"CONFIG_{s}" for s in pattern.findall(path.read_text(errors="replace"))
+            )
+    return symbols
+
+
+def apply_patches(tree: Path, patches: list[Path], *, dry_run: bool = False) -> None:
+    """Apply patches in order with ``patch -p1 --fuzz=0`` (no fuzz: a hunk lands where
+    it was written or not at all). ``dry_run`` checks each against the tree as is."""
+    for patch in patches:
+        cmd = ["patch", "-p1", "--fuzz=0", "--batch", "--forward", "--no-backup-if-mismatch"]
+        if dry_run:
+            cmd.append("--dry-run")
+        try:
+            done = subprocess.run(
+                [*cmd, "-i", str(patch)], cwd=tree, capture_output=True, text=True, check=False
+            )
+        except FileNotFoundError as exc:
+            raise KernelError("patch not found: install it with `apt-get install patch`") from exc
+        if done.returncode != 0:
+            raise KernelError(
+                f"{patch} does not apply to {tree}:\n{(done.stdout + done.stderr).strip()}"
+            )
+
+
+# --- configure and build -------------------------------------------------------------
+
+
+def check_tools(need_libelf: bool = True) -> None:
+    """Fail before unpacking anything when a build tool is missing, naming the package."""
+    tools = {
+        "make": "make",
+        "gcc": "gcc",
+        "flex": "flex",
+        "bison": "bison",
+        "bc": "bc",
+        "patch": "patch",
+        "tar": "tar",
+        "xz": "xz-utils",
+        "perl": "perl",
+    }
+    missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
+    if need_libelf and not Path("/usr/include/gelf.h").is_file():
+        missing.append("libelf-dev")  # objtool, for CONFIG_UNWINDER_ORC
+    if missing:
+        raise KernelError(
+            "kernel build tools missing: install them with "
+            f"`apt-get install {' '.join(missing)}`"
+        )
+
+
+def _make_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "LC_ALL": "C",
+        "KBUILD_BUILD_USER": "zapfarm",
+        "KBUILD_BUILD_HOST": "zapfarm",
+        "KBUILD_BUILD_TIMESTAMP": "1970-01-01",
+    }
+
+
+def _run_make(tree: Path, args: list[str], log: Path) -> None:
+    with log.open("a") as out:
+        out.write(f"$ make {' '.join(args)}\n")
+        out.flush()
+        done = subprocess.run(
+            ["make", f"ARCH={ARCH}", *args],
+            cwd=tree,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_make_env(),
+            check=False,
+        )
+    if done.returncode != 0:
+        raise KernelError(f"`make {' '.join(args)}` failed in {tree}:\n{_tail(log)}\n(log: {log})")
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def configure(tree: Path, fragments: list[Path], log: Path) -> dict[str, str]:
+    """tinyconfig + fragments + olddefconfig; every fragment line must survive.
+
+    Returns the final .config values. The error names each option that did not
+    survive, with the value it got and whether the source knows the option at all.
+    """
+    wanted = parse_fragment(fragments)
+    _run_make(tree, ["tinyconfig"], log)
+    config = tree / ".config"
+    kept = [
+        line
+        for line in config.read_text().splitlines()
+        if not ((m := _CONFIG_LINE.match(line) or _UNSET_LINE.match(line)) and m[1] in wanted)
+    ]
+    merged = [f"# {k} is not set" if v == "n" else f"{k}={v}" for k, v in wanted.items()]
+    config.write_text("\n".join([*kept, *merged]) + "\n")
+    _run_make(tree, ["olddefconfig"], log)
+    have = read_config(config)
+    lost = {k: v for k, v in wanted.items() if have.get(k, "n") != v}
+    if lost:
+        known = kconfig_symbols(tree)
+        details = [
+            f"  {k}: wanted {v}, got {have.get(k, 'not set')}"
+            + ("" if k in known else " (no such option in this source)")
+            for k, v in lost.items()
+        ]
+        raise KernelError(
+            f"{len(lost)} option(s) of {', '.join(str(f) for f in fragments)} did not survive "
+            "`make olddefconfig` (a dependency is missing, or the option does not exist):\n"
+            + "\n".join(details)
+        )
+    return have
+
+
+@dataclass
+class BuildResult:
+    image: KernelImage
+    key: str
+    spec: BuildSpec
+    source: SourceTarball
+    built: bool  # False: the cached image was reused
+    seconds: float = 0.0
+    make_seconds: float = 0.0
+    steps: int = 0
+    patches: list[str] = field(default_factory=list)
+    folder: Path = Path()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One builder per output folder: a second one waits, then finds the cached image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def expected_steps(cache_dir: Path, series: str) -> int:
+    """The bar's total: the step count of an earlier build of the series, else a guess."""
+    counts = []
+    for manifest_path in kernels_dir(cache_dir).glob(f"build-{series}-*/kernel.json"):
+        data = read_manifest(manifest_path.parent)
+        if data and isinstance(data.get("steps"), int) and data.get("series") == series:
+            counts.append(int(data["steps"]))
+    return max(counts) if counts else EXPECTED_STEPS.get(series, 1400)
+
+
+def build(
+    cache_dir: Path,
+    spec: BuildSpec,
+    *,
+    jobs: int | None = None,
+    refresh_source: bool = False,
+    keep_tree: bool = False,
+    progress: Progress | None = None,
+    on_step: StepCallback | None = None,
+    kernel_dir: Path = KERNEL_DIR,
+) -> BuildResult:
+    """Build (or find cached) the kernel ``spec`` describes; returns the registered-to-be image."""
+    say = progress or (lambda _msg: None)
+    started = time.monotonic()
+    fragments = fragments_for(spec.series, kernel_dir)
+    patches = patches_for(spec, kernel_dir)
+    parse_fragment(fragments)  # a broken fragment fails before anything is fetched
+    source = get_source(cache_dir, spec.series, refresh=refresh_source, progress=say)
+    key = build_key(source.package_version, spec, fragments, patches)
+    name = build_name(spec, key)
+    folder = kernels_dir(cache_dir) / name
+    source_label = f"build:linux-source-{spec.series}"
+    with _locked(kernels_dir(cache_dir) / ".locks" / f"{name}.lock"):
+        cached = _cached(folder, key, name, source_label)
+        if cached is not None:
+            say(f"{name} is cached in {folder}: nothing to build")
+            return BuildResult(
+                cached, key, spec, source, False, time.monotonic() - started,
+                patches=[p.name for p in patches], folder=folder,
+            )  # fmt: skip
+        check_tools()
+        work_root = kernels_dir(cache_dir) / ".work"
+        work_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
+        log = kernels_dir(cache_dir) / ".logs" / f"{name}.log"  # kept when the build fails
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"zapfarm kernel build {name} key {key}\n")
+        try:
+            say(f"unpacking {source.path.name} {source.package_version} ({source.origin})")
+            tree = extract(source.path, work / "src")
+            if patches:
+                say(f"applying {len(patches)} patch(es): {', '.join(spec.patch_sets)}")
+                apply_patches(tree, patches, dry_run=True)
+                apply_patches(tree, patches)
+            say("configuring: tinyconfig + " + " + ".join(f.name for f in fragments))
+            configure(tree, fragments, log)
+            n_jobs = jobs or os.cpu_count() or 1
+            say(f"compiling with make -j{n_jobs}")
+            make_started = time.monotonic()
+            steps = _compile(tree, n_jobs, log, on_step)
+            make_seconds = time.monotonic() - make_started
+            bzimage = tree / "arch" / "x86" / "boot" / "bzImage"
+            info = inspect_bzimage(bzimage)
+            release_file = tree / "include" / "config" / "kernel.release"
+            release = (
+                release_file.read_text().strip() if release_file.is_file() else info.release
+            ) or spec.series
+            place_image(bzimage, folder, "bzImage")
+            place_image(tree / ".config", folder, "config")
+            if (tree / "System.map").is_file():
+                place_image(tree / "System.map", folder, "System.map")
+            place_image(log, folder, "build.log")
+            image = KernelImage(name, release, folder / "bzImage", sha256_of(folder / "bzImage"),
+                                source_label)  # fmt: skip
+            write_manifest(
+                folder,
+                {
+                    "name": name,
+                    "release": release,
+                    "path": str(image.path),
+                    "sha256": image.sha256,
+                    "source": source_label,
+                    "key": key,
+                    "series": spec.series,
+                    "flags": spec.flags,
+                    "package_version": source.package_version,
+                    "patches": [str(p.relative_to(kernel_dir)) for p in patches],
+                    "fragments": [f.name for f in fragments],
+                    "steps": steps,
+                    "jobs": n_jobs,
+                    "make_seconds": round(make_seconds, 1),
+                    "seconds": round(time.monotonic() - started, 1),
+                },
+            )
+        finally:
+            if keep_tree:
+                say(f"build tree kept in {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(
+        image, key, spec, source, True, time.monotonic() - started, make_seconds, steps,
+        [p.name for p in patches], folder,
+    )  # fmt: skip
+
+
+def _cached(folder: Path, key: str, name: str, source_label: str) -> KernelImage | None:
+    manifest = read_manifest(folder)
+    image = folder / "bzImage"
+    if manifest is None or manifest.get("key") != key or not image.is_file():
+        return None
+    sha = sha256_of(image)
+    if sha != manifest.get("sha256"):
+        return None
+    return KernelImage(name, str(manifest.get("release", "")), image, sha, source_label)
+
+
+def _compile(tree: Path, jobs: int, log: Path, on_step: StepCallback | None) -> int:
+    """make bzImage, its output to the log, each build step reported as it happens."""
+    steps = 0
+    with log.open("a") as out:
+        out.write(f"$ make ARCH={ARCH} -j{jobs} bzImage\n")
+        out.flush()
+        proc = subprocess.Popen(
+            ["make", f"ARCH={ARCH}", f"-j{jobs}", "bzImage"],
+            cwd=tree,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=_make_env(),
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if m := _MAKE_STEP.match(line):
+                steps += 1
+                if on_step is not None:
+                    on_step(steps, f"{m[1]} {m[2]}")
+        code = proc.wait()
+    if code != 0:
+        raise KernelError(f"`make -j{jobs} bzImage` failed in {tree}:\n{_tail(log)}\n(log: {log})")
+    return steps

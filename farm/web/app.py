@@ -1,0 +1,244 @@
+"""The web application: FastAPI serving server-rendered pages and a JSON API.
+
+Why this shape: FastAPI gives the JSON API its OpenAPI document for free and
+renders Jinja2 templates for people, from the same query functions and
+pydantic models (farm.web.queries, farm.web.schemas). Handlers are plain
+``def`` functions: SQLAlchemy sessions are synchronous and FastAPI runs such
+handlers in its thread pool. Pages work without JavaScript; the only script
+is a static copy-to-clipboard helper, and the Content-Security-Policy forbids
+inline scripts, so escaped guest output could not run even if escaping failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from farm import db
+from farm.settings import Settings
+from farm.web import charts, text
+from farm.web.actions import ActionError
+from farm.web.auth import Refused
+from farm.web.cache import DEFAULT_TTL_S, TTLCache
+from farm.web.queries import QueryError
+
+HERE = Path(__file__).resolve().parent
+API_PREFIX = "/api"
+
+CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = (
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+class SecurityHeaders:
+    """Adds the CSP and friends to every response (plain ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass
+class WebState:
+    """What every request needs: the database, the token and the aggregate cache."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    web_token: str | None
+    cache: TTLCache
+    templates: Jinja2Templates
+
+
+def _query_string(params: dict[str, Any], **changes: Any) -> str:
+    """``?a=1&b=2`` from the current filters with ``changes`` applied (None drops a key)."""
+    merged = {**params, **changes}
+    kept = {k: v for k, v in merged.items() if v not in (None, "")}
+    return "?" + urlencode(kept, doseq=True) if kept else "?"
+
+
+def make_templates() -> Jinja2Templates:
+    """Jinja2 with autoescape always on and the filters guest text needs."""
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every template, whatever its extension
+        undefined=StrictUndefined,  # a typo in a template fails the tests, not silently
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        visible=text.visible,
+        when=text.when,
+        ago=text.ago,
+        number=text.number,
+        series_class=charts.series_class,
+        path=lambda value: quote(str(value), safe=""),
+    )
+    env.globals.update(
+        stacked_bars=charts.stacked_bars,
+        rate_bars=charts.rate_bars,
+        query=_query_string,
+    )
+    return Jinja2Templates(env=env)
+
+
+def create_app(
+    database_url: str,
+    *,
+    web_token: str | None = None,
+    cache_ttl: float = DEFAULT_TTL_S,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """The app for one results database. ``web_token`` None refuses every mutation."""
+    from farm.web import api, pages
+
+    engine = engine or db.make_engine(database_url)
+    app = FastAPI(
+        title="zapfarm results",
+        summary="Findings, campaigns and trials of the zap_pte_range migration-entry race farm",
+        version="1",
+        docs_url=None,  # Swagger UI needs inline scripts and a CDN: the CSP forbids both
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.web = WebState(
+        engine=engine,
+        sessions=db.session_factory(engine),
+        web_token=web_token or None,
+        cache=TTLCache(cache_ttl),
+        templates=make_templates(),
+    )
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(api.router, prefix=API_PREFIX)
+    app.include_router(pages.router)
+    _add_error_handlers(app)
+    return app
+
+
+def app_from_settings(settings: Settings, cache_ttl: float = DEFAULT_TTL_S) -> FastAPI:
+    return create_app(settings.database_url, web_token=settings.web_token, cache_ttl=cache_ttl)
+
+
+def state(request: Request) -> WebState:
+    return request.app.state.web  # type: ignore[no-any-return]
+
+
+def session(request: Request) -> Iterator[Session]:
+    """A read session per request (rolled back at the end: reads never commit)."""
+    with state(request).sessions() as s:
+        yield s
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIX + "/") or request.url.path == "/openapi.json"
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """The HTML error page, or a JSON problem under /api."""
+    if _is_api(request):
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return state(request).templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "message": message, "nav": ""},
+        status_code=status,
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> Response:
+        return error_page(request, exc.status, exc.message)
+
+    @app.exception_handler(ActionError)
+    async def action_error(request: Request, exc: ActionError) -> Response:
+        return error_page(request, exc.status, exc.message)
+
+    @app.exception_handler(QueryError)
+    async def query_error(request: Request, exc: QueryError) -> Response:
+        return error_page(request, 400, str(exc))
+
+    @app.exception_handler(db.DatabaseError)
+    async def database_error(request: Request, exc: db.DatabaseError) -> Response:
+        return error_page(request, 503, str(exc))
+
+    @app.exception_handler(OperationalError)
+    async def operational_error(request: Request, exc: OperationalError) -> Response:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else "database error"
+        return error_page(
+            request,
+            503,
+            f"the results database failed ({first}); is it reachable and migrated "
+            "(`farm db upgrade`)?",
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_page(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        detail = getattr(exc, "detail", None) or "no such page"
+        return error_page(request, 404, str(detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": exc.errors()}, status_code=422)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        return error_page(request, 400, f"bad request: {problems}")
+
+
+def html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    """Render a page; ``context`` gets the request's query parameters as ``params``."""
+    context = {"params": dict(request.query_params), **context}
+    response = state(request).templates.TemplateResponse(
+        request, template, context, status_code=status
+    )
+    return response  # type: ignore[return-value]
