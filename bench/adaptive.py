@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from farm.params import TrialParams
-from farm.search import ThompsonSampler, UniformSampler
+from farm.search import ThompsonSampler, UniformSampler, cached_params
 
 P_IN = 0.05
 P_OUT = 0.0005
@@ -54,7 +56,7 @@ def run(
     while trials < cap and hits < hits_wanted:
         token = sampler.propose(rng)
         trials += 1
-        is_in = planted(token.params())
+        is_in = planted(cached_params(token))
         inside += is_in
         anomalous = farm.random() < (P_IN if is_in else P_OUT)
         sampler.observe(token, anomalous)
@@ -64,6 +66,11 @@ def run(
             if hits == hits_wanted:
                 nth = trials
     return {"first": first, "nth": nth, "trials": trials, "hits": hits, "inside": inside}
+
+
+def _job(name: str, seed: int, hits_wanted: int, cap: int, epsilon: float) -> dict[str, Any]:
+    sampler = UniformSampler() if name == "uniform" else ThompsonSampler(epsilon=epsilon)
+    return run(sampler, seed, hits_wanted, cap)
 
 
 def _summary(values: list[int | None], cap: int) -> dict[str, float | int]:
@@ -84,6 +91,7 @@ def main() -> int:
     ap.add_argument("--hits", type=int, default=10, help="run each until this many hits")
     ap.add_argument("--cap", type=int, default=100_000, help="give up a run after this many trials")
     ap.add_argument("--epsilon", type=float, default=0.1, help="Thompson exploration floor")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     args = ap.parse_args()
 
     started = time.perf_counter()
@@ -98,13 +106,12 @@ def main() -> int:
             "epsilon": args.epsilon,
         }
     }
-    for name in ("uniform", "thompson"):
-        runs = []
-        for seed in range(args.seeds):
-            sampler = (
-                UniformSampler() if name == "uniform" else ThompsonSampler(epsilon=args.epsilon)
-            )
-            runs.append(run(sampler, seed, args.hits, args.cap))
+    names = ("uniform", "thompson")
+    jobs = [(n, s, args.hits, args.cap, args.epsilon) for n in names for s in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:  # results do not depend on it
+        results = list(pool.map(_job, *zip(*jobs, strict=True)))
+    for name in names:
+        runs = [r for job, r in zip(jobs, results, strict=True) if job[0] == name]
         trials = sum(r["trials"] for r in runs)
         out[name] = {
             "trials_to_first_hit": _summary([r["first"] for r in runs], args.cap),

@@ -146,6 +146,10 @@ def _add_groups() -> None:
 
     main.add_command(campaign)
     main.add_command(scheduler)
+    from farm.reproduce_commands import minimize_command, reproduce
+
+    main.add_command(reproduce)
+    main.add_command(minimize_command)
     try:
         from farm.triage.commands import triage
     except ModuleNotFoundError:  # TEMP until commands land

@@ -17,20 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from farm import campaigns
-from farm.broker import local_redis
 from farm.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.guest_image import build_initramfs
 from farm.kernels import installed_kernel
-from farm.localworker import LocalWorker
-from farm.result import TrialResult
-from farm.scheduler import Scheduler
+from farm.local import check_hypervisor, run_locally
 from farm.settings import Settings
-from workers.celery_app import kernel_queue
-from workers.connection import open_connection
 
 
 @dataclass
@@ -65,11 +59,6 @@ class DemoSummary:
         }
 
 
-def check_hypervisor(settings: Settings) -> None:
-    """Fail early, naming the fix, if libvirtd is not there."""
-    open_connection(settings.libvirt_uri).close()
-
-
 def run_demo(settings: Settings, trials: int, console: Console) -> DemoSummary:
     started = time.monotonic()
     with console.status("setting up: libvirtd, guest image, database, kernel"):
@@ -96,48 +85,10 @@ def run_demo(settings: Settings, trials: int, console: Console) -> DemoSummary:
             )
             campaigns.transition(campaigns.create(session, spec), "running")
 
-    from workers.celery_app import app  # after settings are final: the app reads them
-
-    results: list[TrialResult] = []
-    verdicts: Counter[str] = Counter()
-    with (
-        local_redis(settings.broker_url),
-        LocalWorker(settings, kernel_queue(kernel.name)) as worker,
-    ):
-        setup_seconds = time.monotonic() - started
-        columns = (
-            TextColumn("[bold]trials"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-        )
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("booting the guest (TCG: ~10 s)", total=trials)
-
-            def recorded(result: TrialResult, verdict: str) -> None:
-                results.append(result)
-                verdicts[verdict] += 1
-                progress.update(bar, advance=1, description=f"{result.trial_id}: {verdict}")
-
-            scheduler = Scheduler(
-                app,
-                sessions,
-                batch_size=1,
-                deadline_s=settings.trial_deadline_s,
-                on_record=recorded,
-            )
-            deadline = time.monotonic() + trials * (settings.trial_deadline_s + 60) + 300
-
-            def finished() -> bool:
-                if len(results) >= trials:
-                    return True
-                if not worker.alive():
-                    raise RuntimeError(f"the local worker died:\n{worker.log_tail()}")
-                return time.monotonic() > deadline
-
-            scheduler.run(stop=finished)
-            scheduler.tick()  # marks the campaign done
+    setup_seconds = time.monotonic() - started
+    recorded = run_locally(settings, sessions, [kernel.name], trials, console)
+    results = [result for result, _ in recorded]
+    verdicts = Counter(verdict for _, verdict in recorded)
     engine.dispose()
 
     booted = [r for r in results if r.booted and r.guest]

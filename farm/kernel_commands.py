@@ -7,6 +7,10 @@ scripts can read what was registered. Errors exit 2 naming the fix.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -270,3 +274,123 @@ def build_cmd(
             err.print(f"{image.name} was cached ({size / 1e6:.1f} MB)")
         _register(settings, image)
     click.echo(f"{image.name}\t{image.release}\t{image.sha256}\t{image.path}")
+
+
+_SPLAT = re.compile(
+    r"WARNING:|BUG:|kernel BUG at|general protection fault|Oops|Bad rss-counter|"
+    r"Bad page|soft lockup|hung_task|blocked for more than|rcu_\w+ detected stall|Kernel panic"
+)
+DEFAULT_CHECK_TOKEN = "zf1-8188e2f542964e0c~pages=4096"
+
+
+def _splat_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if _SPLAT.search(line)]
+
+
+def _find_image(cache_dir: Path, name_or_path: str) -> KernelImage:
+    from farm.kernels import cached_kernels, inspect_bzimage, installed_kernel, sha256_of
+
+    for image in cached_kernels(cache_dir):
+        if image.name == name_or_path:
+            return image
+    with contextlib.suppress(KernelError, LookupError):
+        installed = installed_kernel()
+        if installed.name == name_or_path:
+            return installed
+    path = Path(name_or_path)
+    if path.is_file():
+        info = inspect_bzimage(path)
+        return KernelImage(path.name, info.release or "", path, sha256_of(path), "path")
+    known = ", ".join(k.name for k in cached_kernels(cache_dir)) or "none"
+    raise KernelError(f"no kernel {name_or_path!r} in {cache_dir}/kernels (known: {known})")
+
+
+@kernels.command("check")
+@click.argument("kernel")
+@click.option("--trials", "-n", default=1, show_default=True, type=click.IntRange(1, 100))
+@click.option("--token", default=DEFAULT_CHECK_TOKEN, show_default=True, help="trial seed token")
+@click.option("--expect-warn", is_flag=True, help="exit 1 unless a WARNING shows in a trial")
+@click.pass_context
+def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn: bool) -> None:
+    """Boot KERNEL (a name in the cache, or a bzImage path) and run trials on it.
+
+    A smoke test for new kernels: the guest must boot with the farm's initramfs
+    and see two NUMA nodes; each trial's console excerpt is searched for kernel
+    reports (WARNING, BUG, Oops, Bad rss-counter, ...). The guest is always
+    destroyed. Exit 0 ok, 1 --expect-warn saw no WARNING, 2 boot/infra failure.
+    """
+    from farm.guest_image import GuestImageError, build_initramfs
+    from farm.params import params_for
+    from workers.connection import HypervisorError, open_connection
+    from workers.vm import Guest, GuestConfig, GuestError
+
+    settings = settings_from(ctx)
+    started = time.monotonic()
+    warned = False
+    try:
+        image = _find_image(settings.cache_dir, kernel)
+        argv = params_for(token).argv()
+        initrd = build_initramfs(settings.cache_dir)
+        conn = open_connection(settings.libvirt_uri)
+    except (KernelError, GuestImageError, HypervisorError, ValueError) as exc:
+        raise FarmError(str(exc)) from exc
+    config = GuestConfig(
+        kernel_name=image.name,
+        kernel=image.path,
+        initrd=initrd,
+        console_dir=settings.cache_dir / "consoles",
+        virt_type=settings.virt_type or "qemu",
+        memory_mb=settings.guest_memory_mb,
+        cpus=settings.guest_cpus,
+        boot_deadline_s=settings.boot_deadline_s,
+    )
+    guest = Guest(conn, config)
+    try:
+        with err.status(f"booting {image.name} ({config.virt_type})"):
+            guest.boot()
+        err.print(
+            f"booted {guest.name} in {guest.boot_seconds:.1f} s: kernel {guest.kernel_release}, "
+            f"{guest.numa_nodes} NUMA node(s)"
+        )
+        boot_console = guest.console_log.read_text(errors="replace")
+        for line in _splat_lines(boot_console):
+            err.print(f"  [yellow]boot:[/] {line}")
+        if guest.numa_nodes < 2:
+            raise FarmError(
+                f"{image.name} sees {guest.numa_nodes} NUMA node(s), the race needs 2: build it "
+                "with NUMA, ACPI_NUMA and X86_64_ACPI_NUMA (guest/kernel/config.fragment)"
+            )
+        for i in range(trials):
+            trial_id = f"check-{guest.boot_id}-{i}"
+            with err.status(f"trial {i + 1}/{trials}: {token}"):
+                run = guest.run(trial_id, argv, settings.trial_deadline_s)
+            answer = run.answer or {}
+            summary = f"status {answer.get('status', 'none')}"
+            if "elapsed_ms" in answer:
+                summary += f", {int(answer['elapsed_ms']) / 1000:.1f} s"
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                program = json.loads(answer.get("output") or "{}")
+                migrate = program.get("migrate", {})
+                vma = program.get("vma", {})
+                summary += (
+                    f", moved {migrate.get('moved')} enoent {migrate.get('enoent')} "
+                    f"ebusy {migrate.get('ebusy')}, vma rss {vma.get('rss_kb')} kB"
+                )
+            if run.died or run.hung:
+                summary += ", guest died" if run.died else ", guest hung"
+            splats = _splat_lines(run.console)
+            warned = warned or any("WARNING:" in line for line in splats)
+            err.print(f"trial {i + 1}: {summary}; {len(splats)} report line(s)")
+            for line in splats[:10]:
+                err.print(f"  [bold red]{line}[/]")
+            click.echo(json.dumps({"trial": trial_id, "splats": splats, "console": run.console}))
+            if run.died:
+                break
+    except GuestError as exc:
+        raise FarmError(str(exc)) from exc
+    finally:
+        guest.destroy()
+        conn.close()
+    err.print(f"done in {time.monotonic() - started:.0f} s; WARNING seen: {warned}")
+    if expect_warn and not warned:
+        sys.exit(1)

@@ -54,7 +54,7 @@ INSTRUMENTS = ("warn",)
 # patch sets in the order they apply; each is guest/kernel/patches/<set>/<series>/*.patch
 PATCH_ORDER = ("revert-fix", "warn")
 # rough number of make steps of one build (a progress bar total, refined by past builds)
-EXPECTED_STEPS = {"5.10": 1300, "6.1": 1400, "6.12": 1500}
+EXPECTED_STEPS = {"5.10": 1400, "6.1": 1480, "6.12": 1600}
 USR_SRC = Path("/usr/src")
 
 Progress = Callable[[str], None]
@@ -96,8 +96,10 @@ class BuildSpec:
 
     @property
     def flags(self) -> str:
-        """"warn-revertfix", "warn", "revertfix" or "plain": part of the kernel's name."""
-        return "-".join(s.replace("-", "") for s in self.patch_sets) or "plain"
+        """The flags part of the kernel name: warn-revertfix, warn, revertfix or plain."""
+        parts = [self.instrument] if self.instrument else []
+        parts += ["revertfix"] if self.revert_fix else []
+        return "-".join(parts) or "plain"
 
 
 def fragments_for(series: str, kernel_dir: Path = KERNEL_DIR) -> list[Path]:
@@ -207,9 +209,7 @@ def find_source(cache_dir: Path, series: str, usr_src: Path = USR_SRC) -> Source
     if version:
         return SourceTarball(series, version, installed, "installed")
     cached = [
-        p
-        for p in sources_dir(cache_dir).glob(f"*/linux-source-{series}.tar.xz")
-        if p.is_file()
+        p for p in sources_dir(cache_dir).glob(f"*/linux-source-{series}.tar.xz") if p.is_file()
     ]
     if not cached:
         return None
@@ -346,9 +346,7 @@ def kconfig_symbols(tree: Path) -> set[str]:
     pattern = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.M)
     for path in tree.rglob("Kconfig*"):
         if path.is_file():
-            symbols.update(
-                f"CONFIG_{s}" for s in pattern.findall(path.read_text(errors="replace"))
-            )
+            symbols.update(f"CONFIG_{s}" for s in pattern.findall(path.read_text(errors="replace")))
     return symbols
 
 
@@ -392,8 +390,7 @@ def check_tools(need_libelf: bool = True) -> None:
         missing.append("libelf-dev")  # objtool, for CONFIG_UNWINDER_ORC
     if missing:
         raise KernelError(
-            "kernel build tools missing: install them with "
-            f"`apt-get install {' '.join(missing)}`"
+            f"kernel build tools missing: install them with `apt-get install {' '.join(missing)}`"
         )
 
 
@@ -448,20 +445,31 @@ def configure(tree: Path, fragments: list[Path], log: Path) -> dict[str, str]:
     config.write_text("\n".join([*kept, *merged]) + "\n")
     _run_make(tree, ["olddefconfig"], log)
     have = read_config(config)
-    lost = {k: v for k, v in wanted.items() if have.get(k, "n") != v}
+    lost = lost_options(wanted, have)
     if lost:
-        known = kconfig_symbols(tree)
-        details = [
-            f"  {k}: wanted {v}, got {have.get(k, 'not set')}"
-            + ("" if k in known else " (no such option in this source)")
-            for k, v in lost.items()
-        ]
-        raise KernelError(
-            f"{len(lost)} option(s) of {', '.join(str(f) for f in fragments)} did not survive "
-            "`make olddefconfig` (a dependency is missing, or the option does not exist):\n"
-            + "\n".join(details)
-        )
+        raise KernelError(describe_lost(lost, have, fragments, kconfig_symbols(tree)))
     return have
+
+
+def lost_options(wanted: dict[str, str], have: dict[str, str]) -> dict[str, str]:
+    """Fragment options whose value did not make it into .config (absent counts as n)."""
+    return {k: v for k, v in wanted.items() if have.get(k, "n") != v}
+
+
+def describe_lost(
+    lost: dict[str, str], have: dict[str, str], fragments: list[Path], known: set[str]
+) -> str:
+    """The error for options that did not survive: each with what it got, and why if known."""
+    details = [
+        f"  {k}: wanted {v}, got {have.get(k, 'not set')}"
+        + ("" if k in known else " (no such option in this source)")
+        for k, v in lost.items()
+    ]
+    return (
+        f"{len(lost)} option(s) of {', '.join(str(f) for f in fragments)} did not survive "
+        "`make olddefconfig` (a dependency is missing, or the option does not exist): "
+        f"{', '.join(lost)}\n" + "\n".join(details)
+    )
 
 
 @dataclass
@@ -492,11 +500,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 def expected_steps(cache_dir: Path, series: str) -> int:
     """The bar's total: the step count of an earlier build of the series, else a guess."""
-    counts = []
+    counts: list[int] = []
     for manifest_path in kernels_dir(cache_dir).glob(f"build-{series}-*/kernel.json"):
-        data = read_manifest(manifest_path.parent)
-        if data and isinstance(data.get("steps"), int) and data.get("series") == series:
-            counts.append(int(data["steps"]))
+        data = read_manifest(manifest_path.parent) or {}
+        steps = data.get("steps")
+        if isinstance(steps, int) and data.get("series") == series:
+            counts.append(steps)
     return max(counts) if counts else EXPECTED_STEPS.get(series, 1400)
 
 

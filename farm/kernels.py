@@ -403,7 +403,7 @@ class PrivateApt:
 
     def _run(self, tool: str, args: list[str], cwd: Path | None = None) -> str:
         cmd = [tool, "-q", *self.options(), *args]
-        shown = f"{tool} -o Dir::Etc::SourceList={self.sources_list} ... {' '.join(args)}"
+        shown = " ".join(cmd)
         try:
             done = subprocess.run(
                 cmd,
@@ -421,14 +421,14 @@ class PrivateApt:
                 f"`{shown}` did not finish within {APT_TIMEOUT_S} s: the mirror "
                 f"{self.mirrors.debian} is too slow or unreachable"
             ) from exc
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith(("E:", "Err:"))]
-        errors += [ln for ln in done.stdout.splitlines() if ln.startswith("Err:")]
-        if done.returncode != 0 or (tool == "apt-get" and args[:1] == ["update"] and errors):
-            detail = "\n".join(errors or done.stderr.strip().splitlines()[-5:])
+        errors = _apt_errors(done.stdout) + _apt_errors(done.stderr)
+        if done.returncode != 0 or (args[:1] == ["update"] and errors):
+            detail = "\n".join(errors[:8] or done.stderr.strip().splitlines()[-5:])
             raise KernelError(
-                f"`{shown}` failed (exit {done.returncode}) for debian:{self.suite} from "
-                f"{self.mirrors.debian} and {self.mirrors.security}:\n{detail}\n"
-                "check the network and the mirror; the mirror comes from /etc/apt/sources.list(.d)"
+                f"{tool} {args[0]} failed (exit {done.returncode}) for debian:{self.suite} "
+                f"from the mirror {self.mirrors.debian} (security: {self.mirrors.security}):\n"
+                f"{detail}\ncommand: {' '.join(cmd)}\n"
+                "check the network and the mirror (taken from /etc/apt/sources.list(.d))"
             )
         return done.stdout
 
@@ -479,6 +479,18 @@ class PrivateApt:
         if not new:
             raise KernelError(f"apt-get download {package.name} produced no .deb in {dest}")
         return new[-1]
+
+
+def _apt_errors(text: str) -> list[str]:
+    """apt's error lines ("Err:", "E:", "W: Failed") and the reason lines under "Err:"."""
+    out: list[str] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("E:", "Err:", "W: Failed")):
+            out.append(line)
+            if line.startswith("Err:") and i + 1 < len(lines) and lines[i + 1][:1].isspace():
+                out.append(lines[i + 1])
+    return out
 
 
 def dpkg_extract(deb: Path, dest: Path) -> None:

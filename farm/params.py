@@ -25,11 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SPACE_VERSION = 1
-KNOWN_VERSIONS = frozenset({1})
+SPACE_VERSION = 2
+KNOWN_VERSIONS = frozenset({1, 2})
 
 PUNCH_METHODS = ("fallocate", "madvise")
 PLACEMENTS = ("any", "same", "split")  # threads unpinned, all on one CPU, spread over CPUs
+VCPU_PINS = ("none", "same", "split")  # guest vCPUs on any host CPU, all on one, one each
 
 _TOKEN_RE = re.compile(r"^zf(?P<version>\d+)-(?P<seed>[0-9a-f]{16})(?:~(?P<overrides>.*))?$")
 _OVERRIDE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
@@ -46,6 +47,9 @@ class Knob:
     draw: Callable[[int], Any]  # uniform 64-bit integer -> value
     valid: Callable[[Any], bool]
     help: str
+    since: int = 1  # the parameter space version that introduced it
+    default: Any = None  # its value in older spaces
+    level: str = "program"  # "program": a zapmigrate flag; "vm": applied by the worker to the guest
 
 
 def _int_range(lo: int, hi: int) -> Callable[[int], int]:
@@ -62,7 +66,7 @@ def _log_range(lo: int, hi: int) -> Callable[[int], int]:
     return draw
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[int], str]:
+def _choice(options: tuple[Any, ...]) -> Callable[[int], Any]:
     return lambda u: options[u % len(options)]
 
 
@@ -97,7 +101,38 @@ KNOBS: dict[str, Knob] = {
     "evictors": Knob(_int_range(1, 2), _between(1, 16), "evictor threads"),
     "placement": Knob(_choice(PLACEMENTS), _one_of(PLACEMENTS), "CPU placement of the threads"),
     "rng_seed": Knob(lambda u: u & 0xFFFFFFFF, _between(0, 0xFFFFFFFF), "trial program RNG seed"),
+    # v2: timing knobs at the VM level (applied by the worker to the running guest) and
+    # memory pressure inside the guest. Half of all v2 trials run unthrottled.
+    "cpu_quota_pct": Knob(
+        _choice((100, 100, 100, 100, 60, 40, 25, 15)),
+        _between(10, 100),
+        "vCPU bandwidth, percent of each period (100: unlimited)",
+        since=2,
+        default=100,
+        level="vm",
+    ),
+    "vcpu_pin": Knob(
+        _choice(VCPU_PINS),
+        _one_of(VCPU_PINS),
+        "host CPUs of the guest's vCPUs",
+        since=2,
+        default="none",
+        level="vm",
+    ),
+    "pressure_mb": Knob(
+        _choice((0, 0, 32, 128)),
+        _between(0, 512),
+        "anonymous memory churned in the guest during the race",
+        since=2,
+        default=0,
+    ),
 }
+
+
+def knobs_of(version: int) -> list[str]:
+    """The parameters a seed of this parameter space version draws."""
+    return [name for name, knob in KNOBS.items() if knob.since <= version]
+
 
 # The seed thread's program, exactly: 256 MiB, usleep(random() % 30) in the
 # evictor, usleep(10) after each kick, everything to node 0, then each page to 1.
@@ -114,6 +149,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "punch": "fallocate",
         "evictors": 1,
         "placement": "any",
+        "cpu_quota_pct": 100,
+        "vcpu_pin": "none",
+        "pressure_mb": 0,
     },
 }
 
@@ -139,6 +177,9 @@ class TrialParams:
     evictors: int
     placement: str
     rng_seed: int
+    cpu_quota_pct: int = 100
+    vcpu_pin: str = "none"
+    pressure_mb: int = 0
 
     def __post_init__(self) -> None:
         problems = [
@@ -171,8 +212,13 @@ class TrialParams:
         """The trial program's command line (guest/zapmigrate.c reads these flags)."""
         args: list[str] = []
         for name, value in self.to_dict().items():
-            args += ["--" + name.replace("_", "-"), str(value)]
+            if KNOBS[name].level == "program":
+                args += ["--" + name.replace("_", "-"), str(value)]
         return args
+
+    def vm_knobs(self) -> dict[str, Any]:
+        """What the worker applies to the guest before the trial (``level="vm"`` knobs)."""
+        return {n: v for n, v in self.to_dict().items() if KNOBS[n].level == "vm"}
 
     @property
     def buffer_bytes(self) -> int:
@@ -214,6 +260,11 @@ class SeedToken:
                 name, raw = item.split("=", 1)
                 if name not in KNOBS:
                     raise TokenError(f"unknown parameter {name!r} in seed token overrides")
+                if KNOBS[name].since > version:
+                    raise TokenError(
+                        f"parameter {name!r} does not exist in parameter space v{version} "
+                        f"(it came with v{KNOBS[name].since}): use a zf{KNOBS[name].since} token"
+                    )
                 overrides.append((name, int(raw) if raw.lstrip("-").isdigit() else raw))
         token = cls(seed=int(m["seed"], 16), version=version, overrides=tuple(overrides))
         try:
@@ -223,6 +274,9 @@ class SeedToken:
         return token
 
     def with_overrides(self, values: Mapping[str, Any]) -> SeedToken:
+        newer = sorted(n for n in values if n in KNOBS and KNOBS[n].since > self.version)
+        if newer:
+            raise TokenError(f"{', '.join(newer)} need parameter space v{KNOBS[newer[0]].since}")
         merged = dict(self.overrides) | dict(values)
         return dataclasses.replace(self, overrides=tuple(sorted(merged.items())))
 
@@ -233,7 +287,10 @@ class SeedToken:
 
     def params(self) -> TrialParams:
         values = {
-            name: knob.draw(_uniform(self.version, self.seed, name)) for name, knob in KNOBS.items()
+            name: knob.draw(_uniform(self.version, self.seed, name))
+            if knob.since <= self.version
+            else knob.default
+            for name, knob in KNOBS.items()
         }
         values.update(self.overrides)
         if values["evict_delay_min_us"] > values["evict_delay_max_us"]:

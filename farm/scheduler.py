@@ -41,7 +41,7 @@ from farm.broker import known_task_ids
 from farm.campaigns import CampaignSpec
 from farm.models import Campaign, Kernel, Trial, Worker
 from farm.params import PRESETS, SeedToken
-from farm.recorder import enqueue, record_many
+from farm.recorder import NewTrial, enqueue_many, parse_token, record_many
 from farm.result import ResultError, TrialResult, validate_result
 from farm.search import Sampler, ThompsonSampler, UniformSampler
 from farm.triage.verdict import judge
@@ -193,18 +193,15 @@ class Scheduler:
         if room > 0:
             kernels = campaigns.check_kernels(session, spec)
             sampler = make_sampler(spec, state.get("search"))
+            new: list[NewTrial] = []
             for _ in range(room):
                 kernel = kernels[created % len(kernels)]
                 token = self._propose(spec, sampler, campaign.id, created)
-                enqueue(
-                    session,
-                    trial_id=f"{campaign.name}-{created:06d}",
-                    token=token,
-                    kernel=kernel,
-                    campaign=campaign,
-                )
+                trial_id = f"{campaign.name}-{created:06d}"
+                new.append(NewTrial(trial_id, token, kernel.id, campaign.id))
                 created += 1
                 report.created += 1
+            enqueue_many(session, new)
             state["created"] = created
             if sampler is not None:
                 state["search"] = sampler.state()
@@ -341,7 +338,7 @@ class Scheduler:
                 if sampler is None:
                     continue
                 for token, anomalous in observations:
-                    sampler.observe(SeedToken.parse(token), anomalous)
+                    sampler.observe(parse_token(token), anomalous)
                 state["search"] = sampler.state()
                 campaign.state = state
 
@@ -369,7 +366,7 @@ class Scheduler:
 
 def route_suffix(token: str) -> str:
     """Trials that need vCPU bandwidth control go to hosts that can apply it."""
-    params = SeedToken.parse(token).params()
+    params = parse_token(token).params()
     return ".cpu" if getattr(params, "cpu_quota_pct", 100) < 100 else ""
 
 

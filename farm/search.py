@@ -152,7 +152,7 @@ def default_domain(name: str) -> Domain:
 
 
 @lru_cache(maxsize=4096)
-def _params(token: SeedToken) -> TrialParams:
+def cached_params(token: SeedToken) -> TrialParams:
     """Derivation is pure; a scheduler observes soon after it proposes, so cache recent tokens."""
     return token.params()
 
@@ -252,11 +252,12 @@ class _Space:
             pins = self.pins(seed, chosen)
             token = SeedToken(seed=seed, version=self.version).with_overrides(pins)
             try:
-                params = _params(token)
+                params = cached_params(token)
             except ValueError as exc:
                 problem = str(exc)
                 continue
-            if all(getattr(params, k) == v for k, v in pins.items()) and self.admits(params):
+            # Unpinned knobs come from the seed's own draw, inside their default domain.
+            if all(getattr(params, k) == v for k, v in pins.items()):
                 return token
             problem = f"{token} leaves the campaign's constraints"
         raise ValueError(f"constraints admit no valid trial after {MAX_TRIES} seeds: {problem}")
@@ -420,7 +421,9 @@ class ThompsonSampler:
 
     def observe(self, token: SeedToken, anomalous: bool) -> None:
         """Credit the trial's bins, wherever the token came from (exploration, replays too)."""
-        region = self.region_of(_params(token)) if token.version == self._space.version else None
+        region = (
+            self.region_of(cached_params(token)) if token.version == self._space.version else None
+        )
         if region is None:
             self.ignored += 1
             return

@@ -83,11 +83,12 @@ static struct flag flags[] = {
 	{ "--evictors", "evictors", 1, MAX_EVICTORS, NULL, 0, false },
 	{ "--placement", "placement", 0, 0, placement_names, 0, false },
 	{ "--rng-seed", "rng_seed", 0, 0xFFFFFFFFL, NULL, 0, false },
+	{ "--pressure-mb", "pressure_mb", 0, 4096, NULL, 0, false },
 };
 
 enum {
 	F_PAGES, F_EVICT_MIN, F_EVICT_MAX, F_KICK, F_BATCH, F_SRC, F_DST,
-	F_ROUNDS, F_PUNCH, F_EVICTORS, F_PLACEMENT, F_RNG_SEED, F_COUNT
+	F_ROUNDS, F_PUNCH, F_EVICTORS, F_PLACEMENT, F_RNG_SEED, F_PRESSURE, F_COUNT
 };
 
 #define ARG(i) (flags[i].value)
@@ -625,6 +626,30 @@ static void on_signal(int sig)
 	stop_signal = sig;
 }
 
+/*
+ * Memory pressure during the race: anonymous memory touched and given back
+ * over and over, so reclaim and compaction run beside migration. Anonymous
+ * pages count in RssAnon, never in RssShmem: the counter oracle is unaffected.
+ */
+static atomic_bool pressure_stop;
+
+static void *pressure_main(void *arg)
+{
+	size_t len = (size_t)ARG(F_PRESSURE) << 20;
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	(void)arg;
+	if (mem == MAP_FAILED)
+		return NULL;
+	while (!atomic_load(&pressure_stop)) {
+		for (size_t off = 0; off < len && !atomic_load(&pressure_stop); off += (size_t)page_size)
+			mem[off]++;
+		madvise(mem, len, MADV_DONTNEED);
+	}
+	munmap(mem, len);
+	return NULL;
+}
+
 /* Populate, race, punch everything; errors land in error_text. */
 static void run_trial(void)
 {
@@ -633,6 +658,8 @@ static void run_trial(void)
 	int *nodes = calloc(batch, sizeof(*nodes));
 	int *status = calloc(batch, sizeof(*status));
 	int started = 0;
+	pthread_t pressure_thread;
+	bool pressure_started = false;
 	uint64_t t;
 
 	pin(NULL, 0);	/* before populating: with a placement, pages start on main's node */
@@ -685,6 +712,12 @@ static void run_trial(void)
 		started++;
 	}
 
+	if (ARG(F_PRESSURE) > 0 &&
+	    (errno = pthread_create(&pressure_thread, NULL, pressure_main, NULL)) == 0)
+		pressure_started = true;
+	else if (ARG(F_PRESSURE) > 0)
+		add_error("pthread_create (pressure): %s", errname(errno));
+
 	t = now_us();
 	for (long r = 0; started && r < ARG(F_ROUNDS) && !stop_signal; r++) {
 		int from = (int)(r % 2 ? ARG(F_DST) : ARG(F_SRC));
@@ -708,6 +741,9 @@ static void run_trial(void)
 		sem_post(&kick);
 	for (int i = 0; i < started; i++)
 		pthread_join(evictors[i].thread, NULL);
+	atomic_store(&pressure_stop, true);
+	if (pressure_started)
+		pthread_join(pressure_thread, NULL);
 	if (stop_signal)
 		add_error("stopped by signal %d", (int)stop_signal);
 

@@ -23,6 +23,25 @@ from sqlalchemy.pool import NullPool
 
 from farm import db
 
+# The suite's own broker and result backend: Redis databases nobody else uses, emptied
+# at the start, so messages left by an interrupted run (or a real farm on this Redis)
+# never reach a test's workers. Set before anything imports workers.celery_app.
+TEST_BROKER_URL = "redis://127.0.0.1:6379/14"
+TEST_RESULT_BACKEND = "redis://127.0.0.1:6379/15"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["FARM_BROKER_URL"] = TEST_BROKER_URL
+    os.environ["FARM_RESULT_BACKEND"] = TEST_RESULT_BACKEND
+    import redis
+
+    for url in (TEST_BROKER_URL, TEST_RESULT_BACKEND):
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
+        except redis.RedisError:
+            pass  # tests that need Redis say so themselves
+
+
 LOCAL_POSTGRES_ADMIN_URLS = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
     "postgresql+psycopg://root@127.0.0.1:5432/postgres",

@@ -15,6 +15,7 @@ from farm.settings import load_settings
 
 TRIAL_TASK = "zapfarm.run_trial"
 BATCH_TASK = "zapfarm.run_batch"
+PING_TASK = "zapfarm.ping"
 QUEUE_PREFIX = "zapfarm.k."
 
 

@@ -16,6 +16,11 @@ def can_limit_cpu(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:
     return controllers.exists() and "cpu" in controllers.read_text().split()
 
 
+def worker_queues(kernels: list[str]) -> str:
+    """The ``--queues`` argument of a worker on this host serving ``kernels``."""
+    return ",".join(queues_for(kernels, cpu_control=can_limit_cpu()))
+
+
 def queues_for(kernels: list[str], *, cpu_control: bool) -> list[str]:
     """A queue per kernel, and its ``.cpu`` twin (trials that throttle vCPUs) where we can."""
     queues = []

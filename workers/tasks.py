@@ -15,7 +15,7 @@ from celery.signals import worker_process_shutdown
 from farm.guest_image import build_initramfs
 from farm.result import TrialResult
 from farm.settings import Settings, load_settings
-from workers.celery_app import BATCH_TASK, TRIAL_TASK, app
+from workers.celery_app import BATCH_TASK, PING_TASK, TRIAL_TASK, app
 from workers.connection import open_connection
 from workers.pool import GuestPool
 from workers.synthetic import synthetic_result
@@ -139,3 +139,9 @@ def run_batch(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 )
             break
     return results
+
+
+@app.task(name=PING_TASK)
+def ping() -> str:
+    """A no-op round trip: health checks, and the baseline of bench/dispatch.py."""
+    return _worker_name()

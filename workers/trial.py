@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm.triage.console import parse as parse_console
-
 from farm.params import SeedToken, TokenError
 from farm.result import (
     MAX_CONSOLE_BYTES,
@@ -24,6 +22,8 @@ from farm.result import (
     clip,
     parse_program_output,
 )
+from farm.triage.console import parse as parse_console
+from workers.host import can_limit_cpu
 from workers.pool import GuestPool
 from workers.vm import Guest, GuestError
 
@@ -79,7 +79,17 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         )
 
     params = token.params()
+    if params.cpu_quota_pct < 100 and not can_limit_cpu():
+        pool.release(kernel_name, tainted=False)
+        return finish(
+            "infra-error",
+            "this host cannot throttle vCPUs (no cgroup cpu controller); the scheduler "
+            "routes such trials to the .cpu queues of hosts that can",
+            guest=info,
+            booted=booted,
+        )
     try:
+        guest.apply_vm_knobs(params.cpu_quota_pct, params.vcpu_pin)
         run = guest.run(trial_id, params.argv(), deadline_s)
     except GuestError as exc:
         pool.retire(kernel_name)

@@ -68,6 +68,7 @@ class Guest:
     ready: dict[str, Any] = field(default_factory=dict)
     boot_seconds: float = 0.0
     trials: int = 0
+    vm_knobs: tuple[int, str] = (100, "none")  # what the guest was booted with
 
     @property
     def name(self) -> str:
@@ -180,12 +181,28 @@ class Guest:
                     raise GuestError(f"cannot destroy guest {self.name}: {exc}") from exc
             self.dom = None
 
-    def set_cpu_quota(self, quota_pct: int, period_us: int = 100_000) -> None:
-        """vCPU bandwidth of the running guest (a timing knob; -1 quota is unlimited)."""
+    def apply_vm_knobs(self, cpu_quota_pct: int, vcpu_pin: str, period_us: int = 100_000) -> None:
+        """A trial's VM-level timing knobs, set on the running guest (only what changed)."""
         if self.dom is None:
             raise GuestError("guest is not booted")
-        quota = -1 if quota_pct >= 100 else max(1000, period_us * quota_pct // 100)
-        self.dom.setSchedulerParameters({"vcpu_period": period_us, "vcpu_quota": quota})
+        wanted = (cpu_quota_pct, vcpu_pin)
+        if wanted == self.vm_knobs:
+            return
+        quota = -1 if cpu_quota_pct >= 100 else max(1000, period_us * cpu_quota_pct // 100)
+        host_cpus = self.conn.getInfo()[2]
+        try:
+            self.dom.setSchedulerParameters({"vcpu_period": period_us, "vcpu_quota": quota})
+            for vcpu in range(self.config.cpus):
+                if vcpu_pin == "same":
+                    chosen = {0}
+                elif vcpu_pin == "split":
+                    chosen = {vcpu % host_cpus}
+                else:
+                    chosen = set(range(host_cpus))
+                self.dom.pinVcpu(vcpu, tuple(cpu in chosen for cpu in range(host_cpus)))
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"cannot apply vCPU quota/pinning to {self.name}: {exc}") from exc
+        self.vm_knobs = wanted
 
     # console file ------------------------------------------------------
 

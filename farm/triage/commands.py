@@ -59,7 +59,7 @@ def _record_log(record: dict[str, Any], where: str) -> bytes:
     "source",
     required=True,
     type=click.File("rb"),
-    help="JSON lines with 'id' and 'log' (or 'log_base64', preferred for exact bytes); - for stdin.",
+    help="JSON lines with 'id' and 'log' (or 'log_base64': exact bytes, preferred); - is stdin.",
 )
 def titles(source: IO[bytes]) -> None:
     """Print one JSON line per record, in input order: {"id", "title", "corrupted"}.
@@ -98,7 +98,9 @@ def titles(source: IO[bytes]) -> None:
 
 @triage.command("console")
 @click.argument("path", type=click.File("rb"))
-@click.option("--max-lines", default=60, show_default=True, help="Report lines shown per report (0: all).")
+@click.option(
+    "--max-lines", default=60, show_default=True, help="Report lines shown per report (0: all)."
+)
 def console_cmd(path: IO[bytes], max_lines: int) -> None:
     """Show the kernel reports in a console log (PATH, or - for stdin).
 
@@ -133,5 +135,7 @@ def console_cmd(path: IO[bytes], max_lines: int) -> None:
         if max_lines and len(lines) > max_lines:
             lines = [*lines[:max_lines], f"... ({len(lines) - max_lines} more lines)"]
         style = "red" if report.fatal else ("yellow" if report.corrupted else "cyan")
-        out.print(Panel(Text("\n".join(lines)), title=Text(f"{n}. {report.title}"), border_style=style))
+        out.print(
+            Panel(Text("\n".join(lines)), title=Text(f"{n}. {report.title}"), border_style=style)
+        )
     sys.exit(EXIT_FOUND)

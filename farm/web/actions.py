@@ -19,8 +19,8 @@ from farm import campaigns
 from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import SeedToken, TokenError
 from farm.web import schemas as s
-from farm.web.queries import campaign_summary, status_counts
 from farm.web.cache import TTLCache
+from farm.web.queries import campaign_summary, status_counts
 
 MAX_RUNS = 100
 
@@ -46,7 +46,9 @@ def campaign_action(
 ) -> s.CampaignSummary:
     """Start, pause, resume or stop a campaign through farm.campaigns.act."""
     if action not in campaigns.ACTIONS:
-        raise ActionError(400, f"unknown action {action!r}; use one of {', '.join(campaigns.ACTIONS)}")
+        raise ActionError(
+            400, f"unknown action {action!r}; use one of {', '.join(campaigns.ACTIONS)}"
+        )
     with sessions.begin() as session:
         if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
             raise ActionError(404, f"no campaign called {name!r}")
@@ -91,7 +93,9 @@ def reproduce(
                 raise ActionError(404, f"no finding {finding_id}")
             token = session.scalar(select(Trial.token).where(Trial.id == finding.example_trial_id))
             if token is None:
-                raise ActionError(409, f"finding {finding_id} has no example trial to take a seed from")
+                raise ActionError(
+                    409, f"finding {finding_id} has no example trial to take a seed from"
+                )
         try:
             parsed = SeedToken.parse(token)
         except TokenError as exc:
@@ -113,4 +117,6 @@ def reproduce(
         try:
             return _summary(session, cache, campaign)
         except IntegrityError as exc:  # a concurrent request took the name first
-            raise ActionError(409, "another reproduction was queued at the same moment; retry") from exc
+            raise ActionError(
+                409, "another reproduction was queued at the same moment; retry"
+            ) from exc

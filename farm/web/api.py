@@ -55,8 +55,14 @@ def get_findings(
 ) -> s.FindingList:
     """The findings table: deduplicated bugs with counts, kernels and reproducibility."""
     query = queries.FindingQuery(
-        status=status, kind=kind, kernel=kernel, q=q, sort=sort, order=order,
-        page=page, per_page=per_page,
+        status=status,
+        kind=kind,
+        kernel=kernel,
+        q=q,
+        sort=sort,
+        order=order,
+        page=page,
+        per_page=per_page,
     )
     return queries.list_findings(db, query)
 
@@ -92,7 +98,11 @@ def get_trials(
 ) -> s.TrialList:
     """Trials newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""
     filt = queries.TrialFilter(
-        campaign=campaign, kernel=kernel, verdict=verdict, finding=finding, token=token,
+        campaign=campaign,
+        kernel=kernel,
+        verdict=verdict,
+        finding=finding,
+        token=token,
         status=status,
     )
     return queries.list_trials(db, filt, cursor, limit)
@@ -159,7 +169,9 @@ def post_campaign_action(
     web = state(request)
     auth.check(web.web_token, credentials.credentials if credentials else None)
     campaign = actions.campaign_action(web.sessions, web.cache, name, action)
-    return s.MutationResult(message=f"campaign {campaign.name} is {campaign.status}", campaign=campaign)
+    return s.MutationResult(
+        message=f"campaign {campaign.name} is {campaign.status}", campaign=campaign
+    )
 
 
 @router.post(

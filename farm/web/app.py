@@ -11,7 +11,8 @@ inline scripts, so escaped guest output could not run even if escaping failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from farm.web.actions import ActionError
 from farm.web.auth import Refused
 from farm.web.cache import DEFAULT_TTL_S, TTLCache
 from farm.web.queries import QueryError
+from farm.web.schemas import ParamRates, Series
 
 HERE = Path(__file__).resolve().parent
 API_PREFIX = "/api"
@@ -98,6 +100,18 @@ def _query_string(params: dict[str, Any], **changes: Any) -> str:
     return "?" + urlencode(kept, doseq=True) if kept else "?"
 
 
+def series_labels(series: Series) -> list[str]:
+    """Tick labels for a time series: as precise as its buckets."""
+    width = series.bucket_seconds
+    fmt = "%H:%M" if width < 3600 else "%m-%d %H:%M" if width < 86400 else "%Y-%m-%d"
+    return [start.strftime(fmt) for start in series.starts]
+
+
+def rate_rows(rates: ParamRates) -> list[tuple[str, int, int]]:
+    """(label, anomalies, trials) per bin, as charts.rate_bars takes them."""
+    return [(b.label, b.anomalies, b.trials) for b in rates.bins]
+
+
 def make_templates() -> Jinja2Templates:
     """Jinja2 with autoescape always on and the filters guest text needs."""
     env = Environment(
@@ -119,6 +133,8 @@ def make_templates() -> Jinja2Templates:
         stacked_bars=charts.stacked_bars,
         rate_bars=charts.rate_bars,
         query=_query_string,
+        series_labels=series_labels,
+        rate_rows=rate_rows,
     )
     return Jinja2Templates(env=env)
 
@@ -134,7 +150,14 @@ def create_app(
     from farm.web import api, pages
 
     engine = engine or db.make_engine(database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.web.cache.close()  # background refreshes must not outlive the app
+
     app = FastAPI(
+        lifespan=lifespan,
         title="zapfarm results",
         summary="Findings, campaigns and trials of the zap_pte_range migration-entry race farm",
         version="1",
@@ -142,11 +165,12 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    sessions = db.session_factory(engine)
     app.state.web = WebState(
         engine=engine,
-        sessions=db.session_factory(engine),
+        sessions=sessions,
         web_token=web_token or None,
-        cache=TTLCache(cache_ttl),
+        cache=TTLCache(cache_ttl, sessions=sessions),
         templates=make_templates(),
     )
     app.add_middleware(SecurityHeaders)
@@ -235,10 +259,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_page(request, 400, f"bad request: {problems}")
 
 
-def html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+def html(
+    request: Request, template: str, context: dict[str, Any], status: int = 200
+) -> HTMLResponse:
     """Render a page; ``context`` gets the request's query parameters as ``params``."""
     context = {"params": dict(request.query_params), **context}
-    response = state(request).templates.TemplateResponse(
-        request, template, context, status_code=status
-    )
-    return response  # type: ignore[return-value]
+    return state(request).templates.TemplateResponse(request, template, context, status_code=status)

@@ -47,17 +47,19 @@ def _fmt(value: float, percent: bool) -> str:
     return f"{value:.4g}"
 
 
-def _frame(title: str, top: float, percent: bool, height: int) -> list[str]:
+def _frame(title: str, top: float, percent: bool, width: int, height: int) -> list[str]:
     """The SVG's opening, its title, gridlines and y-axis labels."""
     plot_h = height - _TOP - _BOTTOM
     out = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
     ]
     for frac in (0.0, 0.5, 1.0):
         y = _TOP + plot_h * (1 - frac)
-        out.append(f'<line class="grid" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(
+            f'<line class="grid" x1="{_LEFT}" x2="{width - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+        )
         out.append(
             f'<text class="tick" x="{_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">'
             f"{escape(_fmt(top * frac, percent))}</text>"
@@ -66,7 +68,8 @@ def _frame(title: str, top: float, percent: bool, height: int) -> list[str]:
 
 
 def _x_labels(labels: Sequence[str], step: float, height: int, most: int = 8) -> list[str]:
-    every = max(1, math.ceil(len(labels) / most))  # time labels: ~8 fit under the bars
+    widest = max((len(label) for label in labels), default=1) * 6.2  # px at the 10px font
+    every = max(1, math.ceil(len(labels) / most), math.ceil(widest / step))
     y = height - _BOTTOM + 14
     return [
         f'<text class="tick" x="{_LEFT + step * (i + 0.5):.1f}" y="{y}" text-anchor="middle">'
@@ -91,7 +94,7 @@ def stacked_bars(
     plot_h = height - _TOP - _BOTTOM
     step = (WIDTH - _LEFT - _RIGHT) / len(labels)
     bar_w = max(1.0, step * 0.85)
-    out = _frame(title, top, False, height)
+    out = _frame(title, top, False, WIDTH, height)
     for i, label in enumerate(labels):
         x = _LEFT + step * i + (step - bar_w) / 2
         base = 0
@@ -125,7 +128,7 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def rate_bars(
-    bins: Sequence[tuple[str, int, int]], *, title: str, height: int = 180
+    bins: Sequence[tuple[str, int, int]], *, title: str, width: int = 400, height: int = 170
 ) -> Markup:
     """Anomaly rate per parameter bin (label, hits, trials), with 95% Wilson whiskers."""
     if not bins:
@@ -135,10 +138,12 @@ def rate_bars(
     # the axis follows the rates, not the whiskers: one tiny bin must not flatten the rest
     top = _nice_max(max(max(rates), min(1.0, max(hi for _, hi in intervals) * 0.5), 1e-4))
     plot_h = height - _TOP - _BOTTOM
-    step = (WIDTH - _LEFT - _RIGHT) / len(bins)
+    step = (width - _LEFT - _RIGHT) / len(bins)
     bar_w = max(1.0, step * 0.7)
-    out = _frame(title, top, True, height)
-    for i, ((label, hits, n), rate, (lo, hi)) in enumerate(zip(bins, rates, intervals, strict=True)):
+    out = _frame(title, top, True, width, height)
+    for i, ((label, hits, n), rate, (lo, hi)) in enumerate(
+        zip(bins, rates, intervals, strict=True)
+    ):
         x = _LEFT + step * i + (step - bar_w) / 2
         cx = x + bar_w / 2
         y_rate = _TOP + plot_h * (1 - min(rate, top) / top)
@@ -155,9 +160,10 @@ def rate_bars(
         out.append(
             f'<line class="whisker" x1="{cx:.1f}" x2="{cx:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
         )
+        inside = _TOP + plot_h - y_rate >= 14  # white in a tall bar, grey above a short one
         out.append(
-            f'<text class="n" x="{cx:.1f}" y="{_TOP + plot_h - 3:.1f}" text-anchor="middle">'
-            f"{n}</text>"
+            f'<text class="n{"" if inside else " out"}" x="{cx:.1f}" y="{_TOP + plot_h - 3:.1f}" '
+            f'text-anchor="middle">{n}</text>'
         )
     out += _x_labels([label for label, _, _ in bins], step, height, most=16)
     out.append("</svg>")

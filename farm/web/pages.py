@@ -7,6 +7,7 @@ Mutating forms POST here with a ``web_token`` field; on success they redirect
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -40,7 +41,9 @@ def _kernel_names(db: Session) -> list[str]:
 @router.get("/", response_class=HTMLResponse)
 def overview_page(request: Request, db: DB) -> HTMLResponse:
     data = queries.overview(db, state(request).cache)
-    return html(request, "overview.html", {"nav": "overview", "o": data, "ttl": state(request).cache.ttl})
+    return html(
+        request, "overview.html", {"nav": "overview", "o": data, "ttl": state(request).cache.ttl}
+    )
 
 
 @router.get("/findings", response_class=HTMLResponse)
@@ -56,8 +59,13 @@ def findings_page(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     query = queries.FindingQuery(
-        status=status, kind=kind or None, kernel=kernel or None, q=q or None,
-        sort=sort, order=order, page=page,
+        status=status,
+        kind=kind or None,
+        kernel=kernel or None,
+        q=q or None,
+        sort=sort,
+        order=order,
+        page=page,
     )
     data = queries.list_findings(db, query)
     return html(
@@ -110,9 +118,7 @@ def reproduce_form(
     campaign = actions.reproduce(
         web.sessions, web.cache, finding_id=finding_id, kernels=kernels or [], runs=runs
     )
-    return RedirectResponse(
-        f"/campaigns/{_path(campaign.name)}?done=reproduce", status_code=303
-    )
+    return RedirectResponse(f"/campaigns/{_path(campaign.name)}?done=reproduce", status_code=303)
 
 
 @router.get("/campaigns", response_class=HTMLResponse)
@@ -174,12 +180,17 @@ def trials_page(
     token: str | None = None,
     status: str = "done",
     cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PER_PAGE)] = queries.PER_PAGE,
 ) -> HTMLResponse:
     filt = queries.TrialFilter(
-        campaign=campaign or None, kernel=kernel or None, verdict=verdict or None,
-        finding=finding, token=token or None, status=status,
+        campaign=campaign or None,
+        kernel=kernel or None,
+        verdict=verdict or None,
+        finding=finding,
+        token=token or None,
+        status=status,
     )
-    data = queries.list_trials(db, filt, cursor)
+    data = queries.list_trials(db, filt, cursor, limit)
     return html(
         request,
         "trials.html",
@@ -205,13 +216,21 @@ def trial_page(request: Request, db: DB, pk: int) -> HTMLResponse:
 @router.get("/kernels", response_class=HTMLResponse)
 def kernels_page(request: Request, db: DB) -> HTMLResponse:
     data = queries.list_kernels(db, state(request).cache)
-    return html(request, "kernels.html", {"nav": "kernels", "kernels": data, "ttl": state(request).cache.ttl})
+    return html(
+        request,
+        "kernels.html",
+        {"nav": "kernels", "kernels": data, "ttl": state(request).cache.ttl},
+    )
 
 
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, db: DB) -> HTMLResponse:
     data = queries.workers(db, state(request).cache)
-    return html(request, "workers.html", {"nav": "workers", "w": data, "alive_minutes": queries.ALIVE_AFTER.total_seconds() / 60})
+    return html(
+        request,
+        "workers.html",
+        {"nav": "workers", "w": data, "alive_minutes": queries.ALIVE_AFTER.total_seconds() / 60},
+    )
 
 
 @router.get("/healthz")
@@ -221,6 +240,4 @@ def healthz() -> dict[str, bool]:
 
 
 def _path(name: str) -> str:
-    from urllib.parse import quote
-
     return quote(name, safe="")

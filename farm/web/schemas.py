@@ -228,7 +228,8 @@ class CampaignDetail(CampaignSummary):
     param_sample: int  # trials the parameter plots are drawn from (the latest ones)
     findings: list[CampaignFinding]
     actions: list[str]  # what the state machine allows next
-    stats_max_age_s: float  # aggregates may be this old (cache)
+    stats_max_age_s: float  # aggregates are recounted after this many seconds (cache)
+    stats_as_of: datetime | None  # when the shown aggregates were counted (None: just now)
 
 
 class KernelInfo(_Out):

@@ -3,9 +3,9 @@
 A guest kernel can print anything, and people triage from what the web shows.
 HTML is escaped (Jinja autoescape plus :func:`visible`), and characters a
 terminal or a browser would act on are replaced by visible stand-ins rather
-than dropped: an ANSI colour sequence reads as ``␛[31m`` so nobody is fooled by
-hidden text, and bidirectional overrides ("Trojan Source") cannot reorder what
-a reader sees.
+than dropped: an ANSI colour sequence reads as ``\\x1b[31m`` (marked) so nobody
+is fooled by hidden text, and bidirectional overrides ("Trojan Source") cannot
+reorder what a reader sees.
 """
 
 from __future__ import annotations
@@ -18,19 +18,14 @@ from markupsafe import Markup, escape
 
 MAX_CONSOLE_CHARS = 1 << 20  # a decompressed console is never allowed past this
 
-# (after CRLF became LF) C0 controls except tab and newline, DEL, C1 controls, bidi overrides and isolates
-_INVISIBLE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
+# C0 controls but tab and newline (CRLF is made LF first), DEL, C1, bidi overrides/isolates
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _stand_in(char: str) -> str:
+    """``\\x1b`` for ESC and friends: plain ASCII, so no font can turn it into a blank box."""
     code = ord(char)
-    if code < 0x20:
-        return chr(0x2400 + code)  # Unicode "control pictures": ␀ ... ␛ ... ␟
-    if code == 0x7F:
-        return "\u2421"  # ␡
-    return f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:

@@ -25,7 +25,7 @@ from farm.result import TrialResult
 from farm.scheduler import Scheduler
 from farm.settings import load_settings
 from farm.triage.verdict import judge
-from workers.celery_app import kernel_queue
+from workers.host import worker_queues
 
 pytestmark = [pytest.mark.vm, pytest.mark.redis]
 
@@ -51,7 +51,7 @@ class Farm:
         self.engine = make_engine(self.settings.database_url)
         self.sessions = session_factory(self.engine)
         self.kernel: KernelImage = installed_kernel()
-        self.worker = LocalWorker(self.settings, kernel_queue(self.kernel.name)).start()
+        self.worker = LocalWorker(self.settings, worker_queues([self.kernel.name])).start()
         from workers.celery_app import app
 
         self.app = app
@@ -142,3 +142,19 @@ def test_a_trial_past_its_deadline_is_killed_and_the_guest_goes_on(farm: Farm) -
     assert timed_out.outcome == "timeout", timed_out.error
     assert farm.verdict(timed_out.trial_id) == "hang"
     assert after.outcome == "ok" and farm.verdict(after.trial_id) == "clean"
+
+
+def test_vm_level_knobs_reach_the_running_guest(farm: Farm) -> None:
+    """A v2 token's vCPU quota and pinning are applied to the guest, not only to the program."""
+    import libvirt
+
+    [r] = farm.run("zf2-00000000000000ee~cpu_quota_pct=25,pages=256,pressure_mb=32,vcpu_pin=same")
+    assert r.outcome == "ok", r.error
+    assert r.program is not None and r.program.inputs["pressure_mb"] == 32
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByName(r.guest.name)
+        assert dom.schedulerParameters()["vcpu_quota"] == 25_000
+        assert all(cpus == (True,) + (False,) * (len(cpus) - 1) for cpus in dom.vcpuPinInfo())
+    finally:
+        conn.close()

@@ -84,7 +84,13 @@ WARN = [
 
 @pytest.mark.parametrize(
     "prefix",
-    ["", "[   12.345678] ", "[   12.345678][  T123] ", "[   12.345678][    C1] ", "<4>[   12.345678] "],
+    [
+        "",
+        "[   12.345678] ",
+        "[   12.345678][  T123] ",
+        "[   12.345678][    C1] ",
+        "<4>[   12.345678] ",
+    ],
 )
 def test_console_prefixes_do_not_matter(prefix: str) -> None:
     report = console.title("".join(prefix + line + "\n" for line in WARN))
@@ -105,7 +111,9 @@ def test_all_reports_in_order_with_offsets() -> None:
             " set_cpu_sibling_map+0x2f5/0x5a0",
         )
     )
-    rss = "[   88.603377] BUG: Bad rss-counter state mm:000000003a8b2c6f type:MM_SHMEMPAGES val:-1\n"
+    rss = (
+        "[   88.603377] BUG: Bad rss-counter state mm:000000003a8b2c6f type:MM_SHMEMPAGES val:-1\n"
+    )
     log = boot + "zapfarm: trial 51aa09e2 begin\n" + rss + "zapfarm: trial 51aa09e2 end\n"
     reports = console.parse(log)
     assert [r.title for r in reports] == ["WARNING in topology_sane", "BUG: Bad rss-counter state"]
@@ -133,10 +141,15 @@ def test_bytes_and_str_and_invalid_utf8() -> None:
 
 
 def test_panic_makes_the_report_fatal() -> None:
-    log = "".join(line + "\n" for line in WARN) + "Kernel panic - not syncing: panic_on_warn set ...\n"
+    log = (
+        "".join(line + "\n" for line in WARN)
+        + "Kernel panic - not syncing: panic_on_warn set ...\n"
+    )
     reports = console.parse(log)
     assert len(reports) == 1 and reports[0].fatal
-    assert console.title("Kernel panic - not syncing: VFS: Unable to mount root fs\n").kind == "PANIC"  # type: ignore[union-attr]
+    assert (
+        console.title("Kernel panic - not syncing: VFS: Unable to mount root fs\n").kind == "PANIC"
+    )  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -172,12 +185,17 @@ def test_demangle(mangled: str, plain: str) -> None:
 def test_hostile_input_is_bounded() -> None:
     """Guest output is untrusted: long lines, header floods and regex bait stay fast."""
     bait = "WARNING: " + "a at b.c:1 " * 2000 + "\n"  # many " at SRC" candidates on one line
-    flood = "".join(f"[ {i}.000000] BUG: Bad rss-counter state mm:{i:016x} idx:1 val:-1\n" for i in range(3000))
+    flood = "".join(
+        f"[ {i}.000000] BUG: Bad rss-counter state mm:{i:016x} idx:1 val:-1\n" for i in range(3000)
+    )
     huge_line = "x" * (4 << 20) + "\n"
     started = time.perf_counter()
     assert console.title(bait) is not None
     reports = console.parse(flood)
-    assert console.parse(huge_line + "".join(line + "\n" for line in WARN))[0].title == "WARNING in zap_pte_range"
+    assert (
+        console.parse(huge_line + "".join(line + "\n" for line in WARN))[0].title
+        == "WARNING in zap_pte_range"
+    )
     assert time.perf_counter() - started < 5
     assert len(reports) == console.MAX_REPORTS
 
@@ -202,7 +220,9 @@ def test_titles_command_in_order_and_prefers_base64(tmp_path: Path) -> None:
 
 
 def test_titles_command_malformed_line_keeps_earlier_output() -> None:
-    stdin = '{"id": 1, "log": "BUG: Bad rss-counter state mm:0 idx:1 val:-1\\n"}\n{"id": 2, "log": \n'
+    stdin = (
+        '{"id": 1, "log": "BUG: Bad rss-counter state mm:0 idx:1 val:-1\\n"}\n{"id": 2, "log": \n'
+    )
     result = CliRunner().invoke(triage, ["titles", "--jsonl", "-"], input=stdin)
     assert result.exit_code == 2
     assert json.loads(result.stdout.splitlines()[0])["title"] == "BUG: Bad rss-counter state"

@@ -38,6 +38,10 @@ def test_derivation_is_pinned() -> None:
         "evictors": 1,
         "placement": "any",
         "rng_seed": 1822678167,
+        # knobs that came with v2 take their v1 meaning
+        "cpu_quota_pct": 100,
+        "vcpu_pin": "none",
+        "pressure_mb": 0,
     }
 
 
@@ -106,12 +110,27 @@ def test_pasted_token_tolerates_surrounding_whitespace() -> None:
     assert SeedToken.parse("  zf1-8188e2f542964e0c\n").seed == 0x8188E2F542964E0C
 
 
-def test_argv_names_every_parameter_once() -> None:
-    p = params_for("zf1-8188e2f542964e0c")
+def test_argv_names_every_program_parameter_once() -> None:
+    p = params_for("zf2-8188e2f542964e0c")
     argv = p.argv()
     flags = argv[0::2]
-    assert flags == ["--" + f.name.replace("_", "-") for f in dataclasses.fields(TrialParams)]
-    assert argv[1::2] == [str(v) for v in p.to_dict().values()]
+    program = [f.name for f in dataclasses.fields(TrialParams) if KNOBS[f.name].level == "program"]
+    assert flags == ["--" + name.replace("_", "-") for name in program]
+    assert argv[1::2] == [str(getattr(p, name)) for name in program]
+    assert set(p.vm_knobs()) == {"cpu_quota_pct", "vcpu_pin"}
+
+
+def test_v2_draws_vm_knobs_and_v1_tokens_cannot_name_them() -> None:
+    quotas = {SeedToken(seed=s, version=2).params().cpu_quota_pct for s in range(300)}
+    pins = {SeedToken(seed=s, version=2).params().vcpu_pin for s in range(300)}
+    pressures = {SeedToken(seed=s, version=2).params().pressure_mb for s in range(300)}
+    assert 100 in quotas and min(quotas) < 100
+    assert pins == {"none", "same", "split"}
+    assert 0 in pressures and max(pressures) > 0
+    assert {SeedToken(seed=s, version=1).params().cpu_quota_pct for s in range(300)} == {100}
+    with pytest.raises(TokenError, match="came with v2"):
+        SeedToken.parse("zf1-8188e2f542964e0c~cpu_quota_pct=30")
+    assert SeedToken.parse("zf2-8188e2f542964e0c~cpu_quota_pct=30").params().cpu_quota_pct == 30
 
 
 def test_from_dict_rejects_unknown_and_missing() -> None:

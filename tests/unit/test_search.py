@@ -122,6 +122,8 @@ def test_fixed_values_and_ranges_are_respected(kind: str) -> None:
         p = token.params()
         assert p.punch == "madvise" and p.evict_delay_min_us == 30 <= p.evict_delay_max_us <= 60
         assert 512 <= p.pages <= 4096 and p.placement in ("same", "split") and p.rounds >= 2
+        if isinstance(sampler, ThompsonSampler):
+            assert sampler.region_of(p) is not None
         sampler.observe(token, False)
 
 

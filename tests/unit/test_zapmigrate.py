@@ -67,7 +67,8 @@ def test_single_node_trial_counts_failures_and_oracle_reads_zero(
     code, out = run(program, p.argv())
     assert code == 0
     parse_program_output(json.dumps(out))  # the control plane's own schema accepts it
-    assert out["inputs"] == p.to_dict()
+    program_knobs = {k: v for k, v in p.to_dict().items() if k not in p.vm_knobs()}
+    assert out["inputs"] == program_knobs  # VM-level knobs are the worker's, not the program's
     assert out["numa_nodes"] == 1
     assert out["error"] == "numa: 1 node"
     assert out["page_size"] > 0
