@@ -10,7 +10,7 @@ demo:
 test:
 	deploy/setup-host.sh test
 	.venv/bin/ruff check farm workers tests bench migrations
-	.venv/bin/pytest
+	FARM_TEST_REQUIRE_POSTGRES=1 FARM_TEST_REQUIRE_BROWSER=1 .venv/bin/pytest
 
 lint:
 	.venv/bin/ruff check farm workers tests bench migrations

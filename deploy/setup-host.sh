@@ -15,7 +15,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs_worker="qemu-system-x86 libvirt-daemon-system libvirt-dev pkg-config gcc libc6-dev \
 busybox-static cpio gzip linux-image-amd64 python3 python3-venv python3-dev"
 pkgs_demo="$pkgs_worker redis-server"
-pkgs_test="$pkgs_demo postgresql"
+pkgs_test="$pkgs_demo postgresql chromium"
 case "$role" in
   worker) want=$pkgs_worker ;;
   demo) want=$pkgs_demo ;;

@@ -150,6 +150,9 @@ def _add_groups() -> None:
 
     main.add_command(reproduce)
     main.add_command(minimize_command)
+    from farm.web.cli import web
+
+    main.add_command(web)
     try:
         from farm.triage.commands import triage
     except ModuleNotFoundError:  # TEMP until commands land

@@ -157,6 +157,8 @@ class Trial(Base):
         # a finding's trials, latest first (also serves the FK)
         Index("ix_trials_finding_finished", "finding_id", "finished_at"),
         Index("ix_trials_batch", "batch_id"),
+        # a campaign's verdict counts without walking the whole table (web)
+        Index("ix_trials_campaign_verdict_finished", "campaign_id", "verdict", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

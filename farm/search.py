@@ -46,7 +46,8 @@ LOG_KNOBS = frozenset({"pages", "batch"})
 ORDERED_PAIRS: tuple[tuple[str, str], ...] = (("evict_delay_min_us", "evict_delay_max_us"),)
 
 # Knob -> number of bins (categorical knobs get one bin per allowed option).
-# 4 + 3 + 4 + 3 + 2 + 3 + 2 = 21 arms: few enough to learn at ~1e-3 hit rates.
+# 4 + 3 + 4 + 3 + 2 + 3 + 2 = 21 arms, plus 3 + 3 + 2 for the VM-level knobs of
+# parameter space v2: few enough to learn at ~1e-3 hit rates.
 DEFAULT_BINS: dict[str, int] = {
     "pages": 4,
     "evict_delay_max_us": 3,
@@ -55,6 +56,9 @@ DEFAULT_BINS: dict[str, int] = {
     "punch": 2,
     "placement": 3,
     "evictors": 2,
+    "cpu_quota_pct": 3,
+    "vcpu_pin": 3,
+    "pressure_mb": 2,
 }
 DEFAULT_EPSILON = 0.1
 DEFAULT_PRIOR = (1.0, 1.0)

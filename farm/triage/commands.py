@@ -108,7 +108,7 @@ def console_cmd(path: IO[bytes], max_lines: int) -> None:
     2 when the input cannot be read.
     """
     try:
-        data = path.read()
+        data = path.read(parser.MAX_LOG_BYTES)  # the parser reads no further anyway
     except OSError as exc:
         raise InputError(f"cannot read {path.name}: {exc}") from None
     reports = parser.parse(data)

@@ -255,7 +255,8 @@ STACK_STARTS: Final = (
     _re(r"Allocated by task [0-9]+:"),
     _re(r"Freed:"),
     _re(r"Freed by task [0-9]+:"),
-    _re(r"[^k] backtrace(?: \(crc [0-9a-fA-F]*\))?:"),  # kmemleak, not "stack backtrace:"
+    # kmemleak's, not "stack backtrace:" (at a line start the previous line's newline counts)
+    _re(r"(?:^|[^k]) backtrace(?: \(crc [0-9a-fA-F]*\))?:"),
     _re(r"Backtrace:"),
     _re(r"Uninit was stored to memory at"),
     _RISCV_STACK_START,  # riscv show_regs() prints the stack with no header
@@ -890,12 +891,15 @@ DEFAULT_KIND: Final = "OOPS"
 FATAL_HEADERS: Final = ("Kernel panic", "PANIC: double fault")
 
 
+_KIND_PREFIX: Final = re.compile("|".join(re.escape(prefix) for prefix, _ in KINDS))
+_KIND_OF_PREFIX: Final = dict(KINDS)
+
+
 def kind_of(title: str, header: str = "") -> str:
-    """Classify a report by its title (first matching prefix of KINDS)."""
-    for prefix, kind in KINDS:
-        if title.startswith(prefix):
-            return kind
-    return KIND_BY_HEADER.get(header, DEFAULT_KIND)
+    """Classify a report by its title: the first prefix of KINDS it starts with (an ordered
+    alternation tries them in that order), else by its header."""
+    m = _KIND_PREFIX.match(title)
+    return _KIND_OF_PREFIX[m.group()] if m else KIND_BY_HEADER.get(header, DEFAULT_KIND)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1755,8 +1759,10 @@ def _collect(log: _Log, scan: _Scan, indices: Iterable[int], start: int) -> None
                     continue
             if ctx1 != ctx and not (scan.cpu_traceback and _CPU_CONTEXT.search(ctx1)):
                 continue
+            if skip_text:
+                break  # past the cut nothing belongs to the report
             counted += 1
-            if skip_text or "Disabling lock debugging due to kernel taint" in line:
+            if "Disabling lock debugging due to kernel taint" in line:
                 continue
         else:
             stripped = log.info(i)[1]
@@ -1906,8 +1912,8 @@ class _Beyond:
         for j in index[bisect_left(index, self.scan.resume) :]:
             if j >= self.cut:
                 return None
-            if self._member(j) and key.search(line := self.log.info(j)[1]):
-                return line, self.lines_from(j + 1, 16)
+            if key.search(self.log.raw[j]) and self._member(j):  # cheap test first
+                return self.log.info(j)[1], self.lines_from(j + 1, 16)
         return None
 
 
@@ -1969,7 +1975,7 @@ def _prefix(log: _Log, start: int) -> list[str]:
     """Up to 5 lines before the report (10 with a task id), same context, for the reader."""
     ctx, _, _ = log.info(start)
     keep = 10 if _TASK_CONTEXT.search(ctx) else 5
-    stop = max(0, start - 10 * keep, bisect_left(log.starts, log.starts[start] - WINDOW_BYTES))
+    stop = max(0, start - 4 * keep, bisect_left(log.starts, log.starts[start] - WINDOW_BYTES))
     k = bisect_right(log.markers, start - 1)
     if k:
         stop = max(stop, log.markers[k - 1] + 1)
