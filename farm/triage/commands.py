@@ -139,3 +139,25 @@ def console_cmd(path: IO[bytes], max_lines: int) -> None:
             Panel(Text("\n".join(lines)), title=Text(f"{n}. {report.title}"), border_style=style)
         )
     sys.exit(EXIT_FOUND)
+
+
+@triage.command("rerun")
+@click.pass_context
+def rerun_cmd(ctx: click.Context) -> None:
+    """Re-judge every stored trial with the current parser and rebuild the findings.
+
+    Reads each trial's stored result and console, so a better parser improves
+    old data. Finding ids stay stable; findings left without trials become
+    "gone". On PostgreSQL, recording of new findings waits while this runs.
+    """
+    from rich.progress import Progress
+
+    from farm.cli_support import open_db
+    from farm.findings import rerun
+
+    with open_db(ctx) as sessions, Progress(console=Console(stderr=True)) as progress:
+        bar = progress.add_task("re-judging trials", total=None)
+        summary = rerun(
+            sessions, progress=lambda done, total: progress.update(bar, completed=done, total=total)
+        )
+    click.echo(summary.describe())

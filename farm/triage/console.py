@@ -644,6 +644,9 @@ OOPSES: Final[tuple[Oops, ...]] = (
         r"WARNING: fbcon: Driver '(.*)' missed to adjust virtual screen size",
         "WARNING: See https.* for mitigation options.",
         "WARNING: kernel not compiled with CPU_SRSO",
+        # zapfarm: the CPU vulnerability notes of arch/x86/kernel/cpu/bugs.c at boot.
+        "(?:RETBleed|Spectre V[12]|MDS|TAA|MMIO Stale Data|SRBDS|GDS|SRSO|L1TF|RFDS|BHI|ITS)"
+        " *: WARNING:",
         r"EXT4-[Ff][Ss](?: \(.*\))?:",
         "(?i)warning: .* uses (deprecated v2 capabilities|wireless extensions)",
         r"XFS \(\w+\): WARNING",
@@ -1234,6 +1237,7 @@ def _to_text(log: str | bytes) -> str:
 
 
 def _display(text: str) -> str:
+    """Back from the parser's one-char-per-byte view to text for people (bad UTF-8 as \ufffd)."""
     return text.encode("latin-1").decode("utf-8", "replace")
 
 
@@ -1301,12 +1305,14 @@ class _Log:
 
     @property
     def nmi_lines(self) -> list[int]:
+        """Lines that start an all-CPU backtrace (their lines count for the report)."""
         if self._nmi_lines is None:
             self._nmi_lines = self._lines_with((_NMI_TRACEBACK,))
         return self._nmi_lines
 
     @staticmethod
     def _match_oops(line: str) -> int | None:
+        """The first OOPSES entry whose header is on the line and not excused by its ignores."""
         for idx, oops in enumerate(OOPSES):
             if oops.header in line and not any(r.search(line) for r in oops.ignore):
                 return idx
@@ -1400,6 +1406,7 @@ def _line_info_rest(ctx: str, rest: str) -> tuple[str, str, bool]:
 
 
 def _continues_report(line: str) -> bool:
+    """A header line that belongs to the report before it (see NOT_A_NEW_REPORT)."""
     return any(r.search(line) for r in NOT_A_NEW_REPORT)
 
 
@@ -1822,6 +1829,7 @@ _TIMESTAMP: Final = re.compile(r"\[ *([0-9]+\.[0-9]+)\]", re.ASCII)
 
 
 def _timestamp(line: str) -> float | None:
+    """The printk time stamp of a line ("[   12.345678]"), if it has one."""
     if line.startswith("["):  # the common case, without a regex
         end = line.find("]", 1, 32)
         stamp = line[1:end].lstrip(" ")
@@ -1967,6 +1975,7 @@ def _only_questionable_frames(log: _Log, scan: _Scan) -> bool:
 
 
 def _own(log: _Log, ctx: str, j: int) -> bool:
+    """Is line j the report's own (its console context), and not a ' ? ' frame?"""
     ctx1, _, questionable = log.info(j)
     return ctx1 == ctx and not questionable
 
@@ -1999,6 +2008,8 @@ def _prefix(log: _Log, start: int) -> list[str]:
 
 
 def _report_at(log: _Log, start: int, hangup: bool) -> Report:
+    """The report whose header is log line `start`: detection (_scan, _describe) first,
+    then what it is (kind, fatal) and what a reader sees (text, offsets)."""
     oops = OOPSES[log.oops_at[start]]
     scan = _scan(log, start)
     span = (log.starts[scan.nos[0]], log.starts[scan.nos[-1] + 1])
@@ -2083,6 +2094,8 @@ def _shown(log: _Log, scan: _Scan, start: int, last: int) -> list[str]:
 
 
 def _reports(log: str | bytes, first_only: bool) -> list[Report]:
+    """Reports from the first header line on; each next one at the next header that starts
+    a report (see NOT_A_NEW_REPORT), at most MAX_REPORTS."""
     text = _to_text(log)
     parsed = _Log(text)
     if not parsed.oops_lines:
