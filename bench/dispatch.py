@@ -29,6 +29,7 @@ from farm.models import Trial
 from farm.scheduler import Scheduler
 from farm.settings import load_settings
 from workers.celery_app import PING_TASK, kernel_queue
+from workers.host import queues_for
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -59,7 +60,8 @@ def main() -> None:
     settings = replace(load_settings(), executor="synthetic", cache_dir=tmp)
     kernel = "bench-kernel"
     queue = kernel_queue(kernel)
-    worker = LocalWorker(settings, queue, concurrency=args.workers, log_file=tmp / "worker.log")
+    queues = ",".join(queues_for([kernel], cpu_control=True))  # synthetic: no real vCPU quota
+    worker = LocalWorker(settings, queues, concurrency=args.workers, log_file=tmp / "worker.log")
     try:
         upgrade(url)
         engine = make_engine(url)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -158,7 +159,9 @@ class Scheduler:
             self._send(batch)
             report.sent += len(batch.messages)
         if time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
-            self.heartbeat()
+            # a broadcast waits ~1 s for replies: never on the scheduling path
+            self._last_heartbeat = time.monotonic()
+            threading.Thread(target=self.heartbeat, name="heartbeat", daemon=True).start()
         return report
 
     def run(self, stop: Callable[[], bool], idle_s: float = 0.2) -> None:

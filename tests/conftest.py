@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,19 @@ def db_engine(migrated_db_url: str) -> Iterator[Engine]:
 def db_sessions(db_engine: Engine) -> sessionmaker[Session]:
     """A session factory on a migrated database (what the recorder takes)."""
     return db.session_factory(db_engine)
+
+
+@pytest.fixture(scope="session")
+def farm_domains() -> Callable[[], list[str]]:
+    """Lists the farm's libvirt guests, defined or running: tests must leave none behind."""
+
+    def names() -> list[str]:
+        out = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [n for n in out.split() if n.startswith("zapfarm-")]
+
+    return names

@@ -33,14 +33,10 @@ def queues_for(kernels: list[str], *, cpu_control: bool) -> list[str]:
 
 def local_kernel_names(cache_dir: Path) -> list[str]:
     """The installed Debian kernel and every kernel fetched, added or built into the cache."""
-    from farm.kernels import KernelNotFound, installed_kernel, kernels_dir
+    from farm.kernels import KernelNotFound, cached_kernels, installed_kernel
 
     names = []
     with contextlib.suppress(KernelNotFound):
         names.append(installed_kernel().name)
-    folder = kernels_dir(cache_dir)
-    if folder.is_dir():
-        names += sorted(
-            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+    names += [k.name for k in cached_kernels(cache_dir)]
     return list(dict.fromkeys(names))

@@ -6,10 +6,9 @@ One worker process and one guest boot serve the whole module (a boot costs
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,16 +29,6 @@ from workers.host import worker_queues
 pytestmark = [pytest.mark.vm, pytest.mark.redis]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def farm_domains() -> list[str]:
-    out = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [n for n in out.split() if n.startswith("zapfarm-")]
 
 
 class Farm:
@@ -95,7 +84,9 @@ class Farm:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+def farm(
+    tmp_path_factory: pytest.TempPathFactory, farm_domains: Callable[[], list[str]]
+) -> Iterator[Farm]:
     farm = Farm(tmp_path_factory.mktemp("farm"))
     try:
         yield farm

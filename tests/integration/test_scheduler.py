@@ -26,6 +26,7 @@ from farm.models import Campaign, Trial, Worker
 from farm.scheduler import Scheduler
 from farm.settings import load_settings
 from workers.celery_app import kernel_queue
+from workers.host import queues_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -47,7 +48,7 @@ def farm_db(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, object]]:
 @pytest.fixture
 def synthetic_workers(tmp_path: Path) -> Iterator[LocalWorker]:
     settings = replace(load_settings(), executor="synthetic", cache_dir=tmp_path / "cache")
-    queues = ",".join(kernel_queue(k) for k in KERNELS)
+    queues = ",".join(queues_for(list(KERNELS), cpu_control=True))  # synthetic: no real quota
     worker = LocalWorker(settings, queues, concurrency=2, log_file=tmp_path / "worker.log")
     worker.start()
     yield worker

@@ -1,0 +1,115 @@
+"""One verdict per kind, from captured console fixtures (tests/data/console) and oracle data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.result import TrialResult
+from farm.triage.verdict import FINDING_KINDS, KINDS, judge
+from workers.synthetic import synthetic_result
+
+CONSOLES = Path(__file__).parents[1] / "data" / "console"
+
+
+def console(name: str) -> str:
+    """A fixture's log: everything after its header block."""
+    text = (CONSOLES / name).read_text(errors="replace")
+    return text.split("\n\n", 1)[1]
+
+
+def clean_result(**update: object) -> TrialResult:
+    message = {
+        "trial_id": "t-1",
+        "token": "zf2-8188e2f542964e0c~pages=512",
+        "kernel": {"name": "k"},
+    }
+    return synthetic_result(message, "w").model_copy(update=update)
+
+
+def with_program(**changes: dict[str, object]) -> TrialResult:
+    base = clean_result()
+    program = base.program.model_copy(
+        update={k: getattr(base.program, k).model_copy(update=v) for k, v in changes.items()}
+    )
+    return base.model_copy(update={"program": program})
+
+
+def test_clean_trial_with_its_markers_is_clean() -> None:
+    verdict = judge(clean_result(console=console("zapfarm-clean")))
+    assert verdict.kind == "clean" and verdict.title is None and not verdict.is_finding
+
+
+@pytest.mark.parametrize(
+    ("fixture", "title"),
+    [
+        ("zapfarm-rss-counter-type", "BUG: Bad rss-counter state"),
+        ("zapfarm-rss-counter-idx", "BUG: Bad rss-counter state"),
+        ("zapfarm-warn-noorc", "WARNING in zap_pte_range"),
+        ("zapfarm-warn-new-format", "WARNING in zap_pte_range"),
+        ("zapfarm-bad-page-map", "BUG: Bad page map"),
+    ],
+)
+def test_kernel_reports(fixture: str, title: str) -> None:
+    verdict = judge(clean_result(console=console(fixture)))
+    assert (verdict.kind, verdict.title) == ("kernel-report", title)
+    assert verdict.is_finding
+
+
+def test_a_panic_is_a_guest_crash() -> None:
+    verdict = judge(clean_result(console=console("zapfarm-panic-kill-init")))
+    assert verdict.kind == "guest-crash"
+    assert verdict.title == "kernel panic: Attempted to kill init!"
+
+
+def test_a_guest_that_died_silently_is_a_crash_too() -> None:
+    verdict = judge(clean_result(outcome="guest-died", program=None, console=""))
+    assert (verdict.kind, verdict.title) == ("guest-crash", "guest died")
+
+
+def test_no_answer_by_the_deadline_is_a_hang() -> None:
+    verdict = judge(clean_result(outcome="timeout", program=None, console=console("zapfarm-clean")))
+    assert verdict.kind == "hang" and verdict.is_finding
+
+
+def test_vma_oracle() -> None:
+    verdict = judge(with_program(vma={"rss_kb": 8, "pss_shmem_kb": 8}))
+    assert verdict.kind == "smaps-mismatch" and "Rss 8 kB" in (verdict.detail or "")
+
+
+def test_counter_oracle() -> None:
+    verdict = judge(with_program(rss_shmem_kb={"before": 836, "punched": 840}))
+    assert verdict.kind == "counter-mismatch" and "836 kB before" in (verdict.detail or "")
+
+
+def test_the_rollup_total_alone_is_not_a_finding() -> None:
+    """The seed's false positive: the binary on tmpfs shows in smaps_rollup, not in the VMA."""
+    assert judge(with_program(rollup={"pss_shmem_kb": 696})).kind == "clean"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        clean_result(outcome="invalid-guest", program=None, error="1 node"),
+        clean_result(outcome="program-error", program=None, error="not JSON"),
+    ],
+)
+def test_invalid(result: TrialResult) -> None:
+    assert judge(result).kind == "invalid"
+
+
+def test_single_node_program_output_is_invalid_not_clean() -> None:
+    base = clean_result()
+    one_node = base.program.model_copy(update={"numa_nodes": 1, "error": "numa: 1 node"})
+    assert judge(base.model_copy(update={"program": one_node})).kind == "invalid"
+
+
+def test_infra_errors_are_never_findings() -> None:
+    verdict = judge(clean_result(outcome="infra-error", program=None, error="boot failed"))
+    assert verdict.kind == "infra-error" and not verdict.is_finding
+
+
+def test_kinds_are_ordered_and_findings_are_a_subset() -> None:
+    assert KINDS[0] == "infra-error" and KINDS[-1] == "clean"
+    assert set(KINDS) > FINDING_KINDS
