@@ -175,6 +175,7 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool) -> None:
     All state is in the database: stop it any time (SIGTERM) and start it again.
     """
     from farm.scheduler import Scheduler
+    from farm.supervise import run_supervised
     from workers.celery_app import app
 
     settings = settings_from(ctx)
@@ -192,15 +193,19 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool) -> None:
             out.print(f"{result.trial_id}: [bold]{verdict}[/] {result.token}")
 
     with open_db(ctx) as sessions:
-        sched = Scheduler(
-            app,
-            sessions,
-            batch_size=batch_size,
-            deadline_s=settings.trial_deadline_s,
-            on_record=report,
-        )
+
+        def build() -> Scheduler:
+            return Scheduler(
+                app,
+                sessions,
+                batch_size=batch_size,
+                deadline_s=settings.trial_deadline_s,
+                on_record=report,
+            )
+
         if once:
-            sched.tick()
+            build().tick()
             return
         out.print("scheduler running (Ctrl-C to stop; state is kept in the database)")
-        sched.run(stop=lambda: stopping)
+        # a Redis or PostgreSQL outage rebuilds the scheduler from the database, in-process
+        run_supervised(build, stop=lambda: stopping)

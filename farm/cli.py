@@ -153,6 +153,12 @@ def _add_groups() -> None:
     from farm.web.cli import web
 
     main.add_command(web)
+    from farm.selftest import selftest
+
+    main.add_command(selftest)
+    from farm.kernel_commands import kernels
+
+    main.add_command(kernels)
     try:
         from farm.triage.commands import triage
     except ModuleNotFoundError:  # TEMP until commands land

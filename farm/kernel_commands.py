@@ -1,4 +1,4 @@
-"""``farm kernels ...``: fetch, add, build and list the kernels trials boot.
+"""``farm kernels ...``: fetch, add, build, list and boot-check the kernels trials boot.
 
 Registered on the main group in farm.cli (``main.add_command(kernels)``).
 Progress goes to stderr (rich); the one-line results go to stdout, so that
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -94,9 +95,9 @@ def fetch(ctx: click.Context, distribution: str, flavour: str, name: str | None)
 
             def say(msg: str) -> None:
                 if msg.startswith("[warning]"):
-                    err.print(f"[yellow]warning:[/] {msg.removeprefix('[warning] ')}")
+                    err.print(f"[yellow]warning:[/] {escape(msg.removeprefix('[warning] '))}")
                     return
-                err.print(f"  {msg}")
+                err.print(f"  {escape(msg)}")
                 status.update(msg)
 
             result = fetch_debian(settings.cache_dir, suite, flavour, name=name, progress=say)
@@ -166,7 +167,7 @@ def source(ctx: click.Context, series: str, refresh: bool) -> None:
     with _errors(), err.status(f"getting linux-source-{series}") as status:
 
         def say(msg: str) -> None:
-            err.print(f"  {msg}")
+            err.print(f"  {escape(msg)}")
             status.update(msg)
 
         tarball = get_source(settings.cache_dir, series, refresh=refresh, progress=say)
@@ -232,7 +233,7 @@ def build_cmd(
 
             def say(msg: str) -> None:
                 now = time.monotonic()
-                progress.console.print(f"  [{now - started:6.1f} s] {msg}")
+                progress.console.print(f"  [{now - started:6.1f} s] {escape(msg)}")
                 stage_started[0] = now
                 if msg.startswith("compiling"):
                     progress.update(
@@ -349,12 +350,12 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
         with err.status(f"booting {image.name} ({config.virt_type})"):
             guest.boot()
         err.print(
-            f"booted {guest.name} in {guest.boot_seconds:.1f} s: kernel {guest.kernel_release}, "
-            f"{guest.numa_nodes} NUMA node(s)"
+            f"booted {guest.name} in {guest.boot_seconds:.1f} s: kernel "
+            f"{escape(guest.kernel_release)}, {guest.numa_nodes} NUMA node(s)"
         )
         boot_console = guest.console_log.read_text(errors="replace")
         for line in _splat_lines(boot_console):
-            err.print(f"  [yellow]boot:[/] {line}")
+            err.print(f"  [yellow]boot:[/] {escape(line)}")
         if guest.numa_nodes < 2:
             raise FarmError(
                 f"{image.name} sees {guest.numa_nodes} NUMA node(s), the race needs 2: build it "
@@ -382,7 +383,7 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
             warned = warned or any("WARNING:" in line for line in splats)
             err.print(f"trial {i + 1}: {summary}; {len(splats)} report line(s)")
             for line in splats[:10]:
-                err.print(f"  [bold red]{line}[/]")
+                err.print(f"  [bold red]{escape(line)}[/]")
             click.echo(json.dumps({"trial": trial_id, "splats": splats, "console": run.console}))
             if run.died:
                 break

@@ -9,9 +9,11 @@ postgres cases are skipped with the reason, unless FARM_TEST_REQUIRE_POSTGRES=1
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,10 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
     import redis
 
     for url in (TEST_BROKER_URL, TEST_RESULT_BACKEND):
-        try:
+        with contextlib.suppress(redis.RedisError):  # tests that need Redis say so themselves
             redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
-        except redis.RedisError:
-            pass  # tests that need Redis say so themselves
 
 
 LOCAL_POSTGRES_ADMIN_URLS = (
@@ -132,16 +132,25 @@ def db_sessions(db_engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture(scope="session")
-def farm_domains() -> Callable[[], list[str]]:
-    """Lists the farm's libvirt guests, defined or running: tests must leave none behind."""
+def farm_domains() -> Callable[..., list[str]]:
+    """Lists the farm's libvirt guests, defined or running: tests must leave none behind.
 
-    def names() -> list[str]:
-        out = subprocess.run(
-            ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return [n for n in out.split() if n.startswith("zapfarm-")]
+    A stopped worker's guests go when libvirtd notices the closed connection
+    (AUTODESTROY), which can take a moment: wait up to ``settle`` seconds.
+    """
+
+    def names(settle: float = 15.0) -> list[str]:
+        deadline = time.monotonic() + settle
+        while True:
+            out = subprocess.run(
+                ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            found = [n for n in out.split() if n.startswith("zapfarm-")]
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
 
     return names

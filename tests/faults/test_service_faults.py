@@ -11,14 +11,17 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from private_services import (
+    PostgresServer,
     RedisServer,
     in_flight,
+    postgres_unavailable,
     start_scheduler,
     stop_process,
     tally,
@@ -39,7 +42,7 @@ pytestmark = [pytest.mark.faults]
 TRIALS = 800
 
 
-def QUEUES(kernel: str) -> str:
+def queues(kernel: str) -> str:
     """Synthetic workers serve the kernel's queue and its .cpu twin (vCPU-throttled trials)."""
     return ",".join(queues_for([kernel], cpu_control=True))
 
@@ -65,7 +68,7 @@ class ControlPlane:
             result_backend=redis.url(1),
         )
         self.workers = [
-            LocalWorker(settings, QUEUES(self.kernel), log_file=tmp / f"worker{i}.log")
+            LocalWorker(settings, queues(self.kernel), log_file=tmp / f"worker{i}.log")
             for i in range(2)
         ]
         self.scheduler_log = tmp / "scheduler.log"
@@ -100,6 +103,25 @@ class ControlPlane:
                 )
                 if s == "done"
             )
+
+    def verdicts(self, name: str) -> dict[str, int]:
+        """Synthetic trials are all clean: an outage must not turn one into an infra-error."""
+        with self.sessions() as session:
+            campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one()
+            rows = session.scalars(select(Trial.verdict).where(Trial.campaign_id == campaign.id))
+            return dict(Counter(rows))
+
+    def not_clean(self, name: str) -> list[tuple[str, str | None, str | None]]:
+        with self.sessions() as session:
+            campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one()
+            return [
+                tuple(r)
+                for r in session.execute(
+                    select(Trial.trial_id, Trial.verdict, Trial.error).where(
+                        Trial.campaign_id == campaign.id, Trial.verdict != "clean"
+                    )
+                ).all()
+            ]
 
     def logs(self) -> str:
         parts = [f"--- scheduler\n{self.scheduler_log.read_text(errors='replace')[-4000:]}"]
@@ -148,5 +170,58 @@ def test_redis_restart_mid_campaign_loses_nothing(
         assert farm.scheduler is not None and farm.scheduler.poll() is None, farm.logs()
         assert all(w.alive() for w in farm.workers), farm.logs()
         assert (result.lost, result.duplicates, result.recorded) == (0, 0, TRIALS)
+        assert farm.verdicts(name) == {"clean": TRIALS}, farm.not_clean(name)
+    finally:
+        farm.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+OUTAGE_S = 30
+
+
+def test_postgres_gone_for_30_s_mid_campaign_loses_nothing(
+    tmp_path: Path, private_postgres: PostgresServer, redis_server: RedisServer
+) -> None:
+    """The database stops (fast shutdown: sessions killed) and comes back 30 s later."""
+    private_postgres.create_database("farm")
+    farm = ControlPlane(tmp_path, private_postgres.url("farm"), redis_server)
+    try:
+        name = farm.start()
+        assert wait_for(lambda: farm.done(name) >= 100, 60, 0.05), farm.logs()
+        at_fault = in_flight(farm.sessions)
+        private_postgres.stop("fast")
+        down_since = time.monotonic()
+        time.sleep(OUTAGE_S)
+        assert farm.scheduler is not None and farm.scheduler.poll() is None, farm.logs()
+        private_postgres.start()
+        back_at = time.monotonic()
+        finished = wait_for(lambda: farm.done(name) == TRIALS, 120)
+        result = tally(
+            "postgres down 30 s",
+            farm.sessions,
+            [name],
+            in_flight_at_fault=at_fault,
+            worker_logs=[w.log_file for w in farm.workers],
+        )
+        result.show()
+        print(
+            f"[postgres down 30 s] outage {back_at - down_since:.0f} s, campaign done "
+            f"{time.monotonic() - back_at:.1f} s after the database came back"
+        )
+        assert finished, farm.logs()
+        assert farm.scheduler.poll() is None, farm.logs()
+        assert (result.lost, result.duplicates, result.recorded) == (0, 0, TRIALS)
+        assert farm.verdicts(name) == {"clean": TRIALS}, farm.not_clean(name)
     finally:
         farm.close()

@@ -359,3 +359,18 @@ def test_unreachable_mirror_names_mirror_and_command(tmp_path: Path) -> None:
     assert "apt-get update failed" in text and "command: apt-get" in text
     assert f"Dir::Etc::SourceList={tmp_path / 'cache'}" in text
     assert not (tmp_path / "cache" / "kernels").exists()
+
+
+def test_check_finds_reports_and_refuses_unknown_kernels(tmp_path: Path) -> None:
+    from farm.kernel_commands import _find_image, _splat_lines
+
+    console = (
+        "zapfarm: trial t begin\n[ 1.0] WARNING: CPU: 1 PID: 34 at mm/memory.c:1471 x\n"
+        "[ 1.1] BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:1\nplain\n"
+    )
+    assert len(_splat_lines(console)) == 2
+    env = {"FARM_CACHE_DIR": str(tmp_path), "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/f.db"}
+    result = CliRunner().invoke(kernels_group, ["check", "no-such-kernel"], env=env)
+    assert result.exit_code == 2 and "no kernel 'no-such-kernel'" in result.output
+    image = make_bzimage(tmp_path / "bz")
+    assert _find_image(tmp_path, str(image)).path == image

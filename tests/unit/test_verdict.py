@@ -49,6 +49,8 @@ def test_clean_trial_with_its_markers_is_clean() -> None:
         ("zapfarm-warn-noorc", "WARNING in zap_pte_range"),
         ("zapfarm-warn-new-format", "WARNING in zap_pte_range"),
         ("zapfarm-bad-page-map", "BUG: Bad page map"),
+        # captured from the positive-control kernel: zap_pte_range() inlined
+        ("zapfarm-real-warn-inlined", "WARNING in unmap_page_range"),
     ],
 )
 def test_kernel_reports(fixture: str, title: str) -> None:
@@ -113,3 +115,16 @@ def test_infra_errors_are_never_findings() -> None:
 def test_kinds_are_ordered_and_findings_are_a_subset() -> None:
     assert KINDS[0] == "infra-error" and KINDS[-1] == "clean"
     assert set(KINDS) > FINDING_KINDS
+
+
+def test_selftest_counts_the_inlined_title_as_the_expected_warning() -> None:
+    from farm.selftest import Control
+
+    control = Control("k", "c")
+    warn = clean_result(console=console("zapfarm-real-warn-inlined"))
+    control.add(clean_result(console=console("zapfarm-clean")), "clean")
+    control.add(warn, judge(warn).kind)
+    other = clean_result(console=console("zapfarm-rss-counter-type"))
+    control.add(other, judge(other).kind)
+    assert (control.trials, control.first_hit, control.hits) == (3, 2, 1)
+    assert control.findings == {"WARNING in unmap_page_range": 1, "BUG: Bad rss-counter state": 1}

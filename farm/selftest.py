@@ -1,0 +1,162 @@
+"""``farm selftest``: prove the farm detects the bug it exists for, and nothing on a fixed kernel.
+
+- Positive control: a kernel built with the upstream fix (5abfd71d936a)
+  reverted and ``WARN_ON_ONCE(is_migration_entry(entry))`` at the skip site
+  (``farm kernels build --source 6.1 --instrument warn --revert-fix``). The
+  campaign must produce the finding ``WARNING in zap_pte_range`` (``WARNING in
+  unmap_page_range`` where the compiler inlined it).
+- Negative control: the stock Debian kernel, same budget: no finding at all.
+
+A farm that has never detected a known bug proves nothing; this is its proof.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from farm import campaigns
+from farm.cli_support import FarmError, open_db, settings_from
+from farm.result import TrialResult
+from farm.triage.verdict import FINDING_KINDS, judge
+
+# zap_pte_range() is static: where the compiler inlines it (the small builds do), the
+# WARN's RIP and so its syzkaller title name the function it was inlined into.
+EXPECTED_TITLES = frozenset({"WARNING in zap_pte_range", "WARNING in unmap_page_range"})
+
+
+@dataclass
+class Control:
+    kernel: str
+    campaign: str
+    trials: int = 0
+    first_hit: int | None = None  # 1-based trial count when the expected finding first appeared
+    hits: int = 0
+    findings: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: TrialResult, verdict: str) -> None:
+        self.trials += 1
+        if verdict not in FINDING_KINDS:
+            return
+        title = judge(result).title or verdict
+        self.findings[title] = self.findings.get(title, 0) + 1
+        if title in EXPECTED_TITLES:
+            self.hits += 1
+            if self.first_hit is None:
+                self.first_hit = self.trials
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "campaign": self.campaign,
+            "trials": self.trials,
+            "trials_to_first_hit": self.first_hit,
+            "hits": self.hits,
+            "hit_rate": round(self.hits / self.trials, 4) if self.trials else 0.0,
+            "findings": self.findings,
+        }
+
+
+def default_positive(cache_dir: Any) -> str | None:
+    from farm.kernels import cached_kernels
+
+    built = [k.name for k in cached_kernels(cache_dir) if "warn-revertfix" in k.name]
+    return built[-1] if built else None
+
+
+@click.command()
+@click.option("--trials", default=40, show_default=True, help="budget of each control")
+@click.option("--positive", help="fix-reverted, WARN-instrumented kernel (default: newest built)")
+@click.option("--negative", help="stock kernel (default: the installed Debian kernel)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary as the last line")
+@click.pass_context
+def selftest(
+    ctx: click.Context, trials: int, positive: str | None, negative: str | None, as_json: bool
+) -> None:
+    """Positive and negative controls: exit 0 when the farm finds the bug only where it is."""
+    from farm.db import ensure_kernel
+    from farm.kernels import cached_kernels, installed_kernel
+    from farm.local import check_hypervisor, run_locally
+
+    settings = settings_from(ctx)
+    check_hypervisor(settings)
+    positive = positive or default_positive(settings.cache_dir)
+    if positive is None:
+        raise FarmError(
+            "no positive-control kernel: build one with "
+            "`farm kernels build --source 6.1 --instrument warn --revert-fix`"
+        )
+    stock = installed_kernel()
+    negative = negative or stock.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    controls = {
+        positive: Control(positive, f"selftest-positive-{stamp}"),
+        negative: Control(negative, f"selftest-negative-{stamp}"),
+    }
+    with open_db(ctx) as sessions:
+        with sessions.begin() as session:
+            ensure_kernel(
+                session, stock.name, stock.release, str(stock.path), stock.sha256, stock.source
+            )
+            for k in cached_kernels(settings.cache_dir):
+                ensure_kernel(session, k.name, k.release, str(k.path), k.sha256 or None, k.source)
+            for control in controls.values():
+                spec = campaigns.parse_spec(
+                    {
+                        "name": control.campaign,
+                        "kernels": [control.kernel],
+                        "concurrency": 2,
+                        "budget": {"trials": trials},
+                        # the race needs pages and rounds; VM throttling only slows it down here
+                        "ranges": {"pages": [1024, 8192]},
+                        "params": {"cpu_quota_pct": 100, "vcpu_pin": "none"},
+                    },
+                    "selftest",
+                )
+                try:
+                    campaigns.transition(campaigns.create(session, spec), "running")
+                except campaigns.CampaignError as exc:
+                    raise FarmError(str(exc)) from exc
+        console = Console(stderr=as_json)
+
+        def record(result: TrialResult, verdict: str) -> None:
+            for control in controls.values():
+                if result.trial_id.startswith(control.campaign + "-"):
+                    control.add(result, verdict)
+
+        started = time.monotonic()
+        run_locally(
+            settings,
+            sessions,
+            [positive, negative],
+            2 * trials,
+            console,
+            label="controls",
+            on_record=record,
+        )
+    pos, neg = controls[positive], controls[negative]
+    passed = pos.first_hit is not None and not neg.findings
+    table = Table(title="farm selftest")
+    for column in ("control", "kernel", "trials", "first hit at", "hits", "findings"):
+        table.add_column(column)
+    for label, c in (("positive", pos), ("negative", neg)):
+        findings = ", ".join(f"{t} x{n}" for t, n in c.findings.items()) or "none"
+        first = str(c.first_hit or "—")
+        table.add_row(label, c.kernel, str(c.trials), first, str(c.hits), findings)
+    console.print(table)
+    console.print("[bold green]PASS[/]" if passed else "[bold red]FAIL[/]")
+    if as_json:
+        summary = {
+            "passed": passed,
+            "positive": pos.to_json(),
+            "negative": neg.to_json(),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        click.echo(json.dumps(summary))
+    ctx.exit(0 if passed else 1)
