@@ -15,7 +15,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs_worker="qemu-system-x86 libvirt-daemon-system libvirt-dev pkg-config gcc libc6-dev \
 busybox-static cpio gzip linux-image-amd64 python3 python3-venv python3-dev"
 pkgs_demo="$pkgs_worker redis-server"
-pkgs_test="$pkgs_demo postgresql chromium"
+pkgs_build="make flex bison bc patch xz-utils perl libelf-dev linux-source-6.1"
+pkgs_test="$pkgs_demo postgresql chromium $pkgs_build"
 case "$role" in
   worker) want=$pkgs_worker ;;
   demo) want=$pkgs_demo ;;
@@ -68,3 +69,10 @@ fi
 
 # The guest image: cached by content, so this is instant when nothing changed.
 .venv/bin/farm guest build
+
+if [ "$role" = test ]; then
+  # Kernel sources of the other series, for the test that the patches still apply
+  # (cached after the first download).
+  .venv/bin/farm kernels source 5.10 >/dev/null
+  .venv/bin/farm kernels source 6.12 >/dev/null
+fi

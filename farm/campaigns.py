@@ -3,7 +3,7 @@
 A spec is a TOML file (or CLI flags)::
 
     name = "nightly-6.1"
-    kernels = ["debian-6.1.0-56-amd64", "debian-bullseye-5.10.0-32-amd64"]
+    kernels = ["debian-6.1.0-56-amd64", "debian-bullseye-5.10.0-46-amd64"]  # farm kernels list
     search = "thompson"           # or "uniform"
     preset = "seed-2022"          # optional: a named set of fixed parameters
     concurrency = 4               # trials in flight at once

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.settings import Settings, SettingsError, load_settings
@@ -20,7 +21,7 @@ class FarmError(click.ClickException):
     exit_code = 2
 
     def show(self, file: object = None) -> None:
-        err.print(f"[bold red]error:[/] {self.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(self.message)}", highlight=False)
 
 
 def settings_from(ctx: click.Context) -> Settings:

@@ -34,12 +34,11 @@ from farm.kernels import (
     SUITES,
     KernelError,
     KernelImage,
-    PrivateApt,
     dpkg_extract,
-    find_mirrors,
     inspect_bzimage,
     kernels_dir,
     place_image,
+    private_apt,
     read_manifest,
     sha256_of,
     write_manifest,
@@ -247,23 +246,15 @@ def get_source(
         _apt_install(package)
         if (found := find_source(cache_dir, series)) is not None and found.origin == "installed":
             return found
-    mirrors = find_mirrors()
-    apt = PrivateApt(Path(cache_dir) / "apt" / suite, suite, mirrors)
-    say(f"updating package lists of debian:{suite} from {mirrors.debian}")
-    try:
-        apt.update()
-    except KernelError as exc:
-        if not apt.has_lists():
-            raise
-        say(f"[warning] {exc}\nusing the package lists fetched earlier")
+    apt = private_apt(cache_dir, suite, say)
     pkg = apt.package(package)
     if pkg is None:
-        raise KernelError(f"debian:{suite} has no package {package} on {mirrors.debian}")
+        raise KernelError(f"debian:{suite} has no package {package} on {apt.mirrors.debian}")
     folder = sources_dir(cache_dir) / pkg.version
     tarball = folder / f"linux-source-{series}.tar.xz"
     if tarball.is_file():
         return SourceTarball(series, pkg.version, tarball, "cache")
-    say(f"downloading {package} {pkg.version} ({pkg.size / 1e6:.0f} MB) from {mirrors.debian}")
+    say(f"downloading {package} {pkg.version} ({pkg.size / 1e6:.0f} MB) from {apt.mirrors.debian}")
     sources_dir(cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".src-", dir=sources_dir(cache_dir)) as tmp:
         deb = apt.download(pkg, Path(tmp) / "deb")

@@ -493,6 +493,22 @@ def _apt_errors(text: str) -> list[str]:
     return out
 
 
+def private_apt(
+    cache_dir: Path, suite: str, say: Callable[[str], object], apt_etc: Path = Path("/etc/apt")
+) -> PrivateApt:
+    """The suite's private apt with fresh lists (or earlier lists when the mirror fails)."""
+    mirrors = find_mirrors(apt_etc)
+    apt = PrivateApt(Path(cache_dir) / "apt" / suite, suite, mirrors)
+    say(f"updating package lists of debian:{suite} from {mirrors.debian}")
+    try:
+        apt.update()
+    except KernelError as exc:
+        if not apt.has_lists():
+            raise
+        say(f"[warning] {exc}\nusing the package lists fetched earlier")
+    return apt
+
+
 def dpkg_extract(deb: Path, dest: Path) -> None:
     done = subprocess.run(
         ["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False
@@ -560,15 +576,7 @@ def fetch_debian(
     suite = parse_distribution(suite if ":" in suite else f"debian:{suite}")
     check_flavour(flavour)
     started = time.monotonic()
-    mirrors = find_mirrors(apt_etc)
-    apt = PrivateApt(Path(cache_dir) / "apt" / suite, suite, mirrors)
-    say(f"updating package lists of debian:{suite} from {mirrors.debian}")
-    try:
-        apt.update()
-    except KernelError as exc:
-        if not apt.has_lists():
-            raise
-        say(f"[warning] {exc}\nusing the package lists fetched earlier")
+    apt = private_apt(cache_dir, suite, say, apt_etc)
     package = image_package_for(apt, flavour)
     release = release_of_package(package.name)
     name = check_name(name or f"debian-{suite}-{release}")
@@ -596,7 +604,7 @@ def fetch_debian(
     size_mb = package.size / 1e6
     say(
         f"downloading {package.name} {package.version} ({size_mb:.1f} MB) from "
-        f"{mirrors.debian} / {mirrors.security}"
+        f"{apt.mirrors.debian} / {apt.mirrors.security}"
     )
     kernels_dir(cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=kernels_dir(cache_dir)) as tmp:
@@ -629,7 +637,7 @@ def fetch_debian(
                 "version": package.version,
                 "flavour": flavour,
                 "suite": suite,
-                "mirror": mirrors.debian,
+                "mirror": apt.mirrors.debian,
                 "deb_size": deb.stat().st_size,
                 "deb_sha256": sha256_of(deb),
                 "boot_protocol": info.protocol,
@@ -643,7 +651,7 @@ def fetch_debian(
         True,
         downloaded,
         time.monotonic() - started,
-        mirrors.debian,
+        apt.mirrors.debian,
     )
 
 

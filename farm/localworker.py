@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -21,11 +22,20 @@ from farm.settings import WORKER_KEYS, Settings
 
 class LocalWorker:
     def __init__(
-        self, settings: Settings, queue: str, *, concurrency: int = 1, log_file: Path | None = None
+        self,
+        settings: Settings,
+        queue: str,
+        *,
+        concurrency: int = 1,
+        log_file: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix`` runs the worker through another command (that must exec it), e.g.
+        ``ip netns exec <ns>`` to put it on another (simulated) host."""
         self.settings = settings
         self.queue = queue
         self.concurrency = concurrency
+        self.prefix = list(prefix)
         self.name = f"local-{uuid.uuid4().hex[:8]}@{settings.worker_name}"
         self.log_file = log_file or settings.cache_dir / "logs" / f"worker-{queue}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -43,6 +53,7 @@ class LocalWorker:
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "celery",

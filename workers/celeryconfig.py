@@ -27,3 +27,7 @@ broker_transport_options = {"visibility_timeout": 2 * TRIAL_HARD_LIMIT_S}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 worker_hijack_root_logger = False
 worker_send_task_events = False
+# A broker blip must not kill trials running in guests: they finish and store their result
+# (the result backend retries); their unacked message comes back after visibility_timeout
+# and runs again, which the recorder counts as a duplicate. Explicit, as Celery 6 flips it.
+worker_cancel_long_running_tasks_on_connection_loss = False

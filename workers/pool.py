@@ -97,6 +97,8 @@ class GuestPool:
         if guest is not None:
             guest.destroy()
             guest.console_log.unlink(missing_ok=True)
+            for rotated in guest.console_log.parent.glob(guest.console_log.name + ".*"):
+                rotated.unlink(missing_ok=True)  # virtlogd's backups (<log>.0, <log>.1, ...)
 
     def close(self) -> None:
         for name in list(self.guests):

@@ -10,13 +10,14 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_shutdown
 
 from farm.guest_image import build_initramfs
 from farm.result import TrialResult
 from farm.settings import Settings, load_settings
 from workers.celery_app import BATCH_TASK, PING_TASK, TRIAL_TASK, app
 from workers.connection import open_connection
+from workers.disk import tidy
 from workers.pool import GuestPool
 from workers.synthetic import synthetic_result
 from workers.trial import execute
@@ -50,6 +51,7 @@ def guest_pool() -> GuestPool:
     reaped = reap_orphans(conn)
     if reaped:
         log.warning("reaped orphan guests: %s", ", ".join(reaped))
+    tidy(settings.cache_dir)  # a replaced process (killed child) may have left its console
     initrd = build_initramfs(settings.cache_dir)
     pool = GuestPool(
         conn=conn,
@@ -63,6 +65,12 @@ def guest_pool() -> GuestPool:
     )
     _pool, _pool_pid = pool, os.getpid()
     return pool
+
+
+@worker_init.connect
+def _tidy_disk(**_: Any) -> None:
+    """At worker start: cap old console and worker logs (workers/disk.py)."""
+    tidy(_settings().cache_dir)
 
 
 @worker_process_shutdown.connect

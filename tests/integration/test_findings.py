@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy import Engine, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, result_dict, schema_diff, table_names
+from threads import run_threads
 
 from farm import db
 from farm.findings import (
@@ -96,28 +96,6 @@ def counts(sessions: sessionmaker[Session]) -> dict[tuple[str, str | None], tupl
 def trial(sessions: sessionmaker[Session], trial_id: str) -> Trial:
     with sessions() as s:
         return s.scalars(select(Trial).where(Trial.trial_id == trial_id)).one()
-
-
-def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
-    """Run target(i) in n threads released at once; re-raise the first error."""
-    barrier = threading.Barrier(n)
-    out: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def go(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            out[i] = target(i)
-        except BaseException as exc:  # reported below; a thread must not swallow it
-            errors.append(exc)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
-    return out
 
 
 # --- signatures -------------------------------------------------------------

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, add_kernel, count, result, result_dict
+from threads import run_threads
 
 from farm import recorder
 from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
@@ -377,24 +377,3 @@ def test_concurrent_overlapping_batches_record_each_trial_once(
         [finding] = s.scalars(select(Finding)).all()
         assert finding.trial_count == len(covered)
         assert sum(s.scalars(select(FindingCount.count))) == len(covered)
-
-
-def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
-    barrier = threading.Barrier(n)
-    out: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def go(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            out[i] = target(i)
-        except BaseException as exc:  # reported below; a thread must not swallow it
-            errors.append(exc)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
-    return out

@@ -1,0 +1,299 @@
+"""Faults of the data plane with real TCG guests: a killed worker, a hung and a panicking guest.
+
+One control plane (SQLite in tmp, the scheduler in this process, the shared test
+Redis) and one libvirt worker process serve the module; the SIGKILL test adds a
+second worker for the redelivery. The faults are real:
+
+- SIGKILL of the pool process running a trial: Celery's parent sees the child
+  die (WorkerLostError) and, with acks_late + reject_on_worker_lost, requeues
+  the message at once (no visibility timeout involved); the killed process's
+  libvirt connection closes and AUTODESTROY takes its guest;
+- a hung guest: SIGSTOP of its QEMU process mid-trial (nothing answers, not
+  even the agent's own deadline);
+- a guest kernel panic: an uncorrected machine check with "processor context
+  corrupt" injected through the QEMU monitor (``mce``), which the guest kernel
+  answers with "Kernel panic - not syncing: Fatal local machine check"; with
+  ``panic=-1`` and ``on_reboot=destroy`` the domain is gone a moment later.
+
+Each test prints in flight / recorded / duplicates / lost (and reruns).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from private_services import in_flight, runs_per_trial, tally, wait_for
+
+from farm import campaigns
+from farm.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.kernels import installed_kernel
+from farm.localworker import LocalWorker
+from farm.result import TrialResult
+from farm.scheduler import Scheduler
+from farm.settings import load_settings
+from workers.host import worker_queues
+from workers.vm import READY_GRACE_S
+
+pytestmark = [pytest.mark.faults, pytest.mark.vm, pytest.mark.redis]
+
+# ~6 s and ~10 s trials under TCG here (seed bb: one evictor, single-page migrations)
+SLOW = "zf1-00000000000000bb~batch=1,kick_delay_us=50,pages=4096,rounds=2"
+SLOWER = "zf1-00000000000000bb~batch=1,kick_delay_us=50,pages=4096,rounds=4"
+QUICK = "zf1-00000000000000cc~pages=128"
+LIBVIRT_KILL_S = 15  # libvirt destroys a QEMU that ignores SIGTERM with SIGKILL after 10 s
+MCE_PANIC = "mce 0 0 0xb200000000000000 0x4 0 0"  # bank 0: VAL|UC|EN|PCC, MCG_STATUS=MCIP
+
+
+def farm_domains() -> list[str]:
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [n for n in out.split() if n.startswith("zapfarm-")]
+
+
+class GuestFarm:
+    """A control plane in this process and real libvirt worker processes."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.settings = replace(load_settings(), database_url=f"sqlite:///{tmp / 'farm.sqlite'}")
+        upgrade(self.settings.database_url)
+        self.engine = make_engine(self.settings.database_url)
+        self.sessions = session_factory(self.engine)
+        self.kernel = installed_kernel()
+        with self.sessions.begin() as session:
+            k = self.kernel
+            ensure_kernel(session, k.name, k.release, str(k.path), k.sha256, k.source)
+        self.workers: list[LocalWorker] = []
+        self.add_worker()
+        from workers.celery_app import app
+
+        self.app = app
+        self.results: dict[str, TrialResult] = {}
+        self.verdicts: dict[str, str] = {}
+        self.recorded_at: dict[str, float] = {}
+        self.deliveries: Counter[str] = Counter()
+        self.campaigns: list[str] = []
+
+    @property
+    def consoles(self) -> Path:
+        return self.settings.cache_dir / "consoles"
+
+    def add_worker(self) -> LocalWorker:
+        n = len(self.workers)
+        worker = LocalWorker(
+            self.settings,
+            worker_queues([self.kernel.name]),
+            log_file=self.tmp / f"worker-{n}.log",
+        ).start()
+        self.workers.append(worker)
+        return worker
+
+    def submit(self, token: str) -> str:
+        """One trial of ``token`` (a reproduction campaign); returns the trial id."""
+        name = f"g{uuid.uuid4().hex[:6]}"
+        with self.sessions.begin() as session:
+            campaigns.create_reproduction(session, token, [self.kernel.name], runs=1, name=name)
+        self.campaigns.append(name)
+        return f"{name}-000000"
+
+    def _on_record(self, result: TrialResult, verdict: str) -> None:
+        self.deliveries[result.trial_id] += 1
+        self.results.setdefault(result.trial_id, result)
+        self.verdicts.setdefault(result.trial_id, verdict)
+        self.recorded_at.setdefault(result.trial_id, time.monotonic())
+
+    def scheduler(self, deadline_s: float) -> Scheduler:
+        return Scheduler(
+            self.app, self.sessions, batch_size=1, deadline_s=deadline_s, on_record=self._on_record
+        )
+
+    def drive(
+        self,
+        scheduler: Scheduler,
+        trial_id: str,
+        timeout: float,
+        each: Callable[[], None] = lambda: None,
+    ) -> TrialResult:
+        """Tick the scheduler (calling ``each`` between ticks) until the trial is recorded."""
+        give_up = time.monotonic() + timeout
+        while trial_id not in self.results and time.monotonic() < give_up:
+            report = scheduler.tick()
+            each()
+            if not (report.recorded or report.sent):
+                time.sleep(0.2)
+        assert trial_id in self.results, self.logs()
+        return self.results[trial_id]
+
+    def run(self, token: str, deadline_s: float = 60) -> TrialResult:
+        trial_id = self.submit(token)
+        return self.drive(self.scheduler(deadline_s), trial_id, 240)
+
+    def guest_of(self, trial_id: str) -> str | None:
+        """The domain running ``trial_id``: the console that shows its begin marker."""
+        needle = f"zapfarm: trial {trial_id} begin".encode()
+        for log in self.consoles.glob("zapfarm-*.log"):
+            try:
+                if needle in log.read_bytes():
+                    return log.stem
+            except FileNotFoundError:
+                continue
+        return None
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.log_file.name}\n{w.log_tail(40)}" for w in self.workers)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestFarm]:
+    farm = GuestFarm(tmp_path_factory.mktemp("guestfaults"))
+    try:
+        yield farm
+    finally:
+        farm.close()
+    assert wait_for(lambda: farm_domains() == [], 30), "the workers left guests behind"
+
+
+def qemu_pid(domain: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
+
+
+class Trigger:
+    """Fire ``action`` once, ``delay_s`` after the trial's guest shows its begin marker."""
+
+    def __init__(
+        self, farm: GuestFarm, trial_id: str, delay_s: float, action: Callable[[str], None]
+    ) -> None:
+        self.farm, self.trial_id, self.delay_s, self.action = farm, trial_id, delay_s, action
+        self.domain: str | None = None
+        self.seen_at: float | None = None
+        self.fired_at: float | None = None
+        self.in_flight = 0
+
+    def __call__(self) -> None:
+        if self.fired_at is not None:
+            return
+        if self.domain is None:
+            self.domain = self.farm.guest_of(self.trial_id)
+            self.seen_at = time.monotonic() if self.domain else None
+            return
+        assert self.seen_at is not None
+        if time.monotonic() - self.seen_at >= self.delay_s:
+            self.in_flight = in_flight(self.farm.sessions)
+            self.action(self.domain)
+            self.fired_at = time.monotonic()
+
+
+def show(farm: GuestFarm, label: str, trial_ids: list[str], at_fault: int) -> None:
+    result = tally(
+        label,
+        farm.sessions,
+        [t.rsplit("-", 1)[0] for t in trial_ids],
+        in_flight_at_fault=at_fault,
+        worker_logs=[w.log_file for w in farm.workers],
+    )
+    result.show()
+    assert (result.recorded, result.duplicates, result.lost) == (len(trial_ids), 0, 0)
+    assert all(farm.deliveries[t] == 1 for t in trial_ids), farm.deliveries
+
+
+def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(farm: GuestFarm) -> None:
+    second = farm.add_worker()
+    host = socket.gethostname()
+    trial_id = farm.submit(SLOW)
+
+    def kill(domain: str) -> None:
+        pid = int(domain.split("-")[1])  # zapfarm-<pid of the pool process>-<boot id>
+        os.kill(pid, signal.SIGKILL)
+
+    trigger = Trigger(farm, trial_id, 2.0, kill)
+    try:
+        result = farm.drive(farm.scheduler(60), trial_id, 300, trigger)
+    finally:
+        second.stop()
+    assert trigger.domain is not None and trigger.fired_at is not None
+    killed_pid = int(trigger.domain.split("-")[1])
+    print(f"[worker SIGKILL] killed pool process {killed_pid} running {trigger.domain}")
+    assert trigger.domain not in farm_domains(), "AUTODESTROY did not take the orphan guest"
+    assert result.outcome == "ok", (result.error, result.console[-2000:])
+    assert result.worker != f"{host}:{killed_pid}", "the killed process cannot have finished it"
+    assert result.booted and result.guest is not None and result.guest.name != trigger.domain
+    assert farm.verdicts[trial_id] == "clean"
+    assert runs_per_trial(w.log_file for w in farm.workers)[trial_id] == 2  # killed, then redone
+    assert any("WorkerLostError" in w.log_file.read_text() for w in farm.workers), farm.logs()
+    show(farm, "worker SIGKILL", [trial_id], trigger.in_flight)
+
+
+def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(farm: GuestFarm) -> None:
+    deadline_s = 5.0
+    trial_id = farm.submit(SLOWER)
+    stopped: list[int] = []
+
+    def freeze(domain: str) -> None:
+        pid = qemu_pid(domain)
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    trigger = Trigger(farm, trial_id, 0.5, freeze)
+    try:
+        result = farm.drive(farm.scheduler(deadline_s), trial_id, 120, trigger)
+    finally:
+        for pid in stopped:  # only matters if the worker failed to destroy it
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert trigger.fired_at is not None and trigger.domain is not None
+    took = farm.recorded_at[trial_id] - trigger.fired_at
+    print(f"[guest hang] verdict {took:.1f} s after SIGSTOP (deadline {deadline_s:.0f} s)")
+    assert result.outcome == "timeout" and farm.verdicts[trial_id] == "hang", result.error
+    assert "no answer from the guest" in (result.error or "")
+    assert took <= deadline_s + READY_GRACE_S + LIBVIRT_KILL_S + 10
+    assert trigger.domain not in farm_domains()
+    after = farm.run(QUICK)
+    assert after.outcome == "ok" and after.booted, after.error
+    assert after.guest is not None and after.guest.name != trigger.domain
+    show(farm, "guest hang", [trial_id, after.trial_id], trigger.in_flight)
+
+
+def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(farm: GuestFarm) -> None:
+    trial_id = farm.submit(SLOWER)
+
+    def panic(domain: str) -> None:
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "qemu-monitor-command", "--hmp", domain, MCE_PANIC],
+            check=True,
+            capture_output=True,
+        )
+
+    trigger = Trigger(farm, trial_id, 1.0, panic)
+    result = farm.drive(farm.scheduler(60), trial_id, 120, trigger)
+    assert trigger.fired_at is not None and trigger.domain is not None
+    took = farm.recorded_at[trial_id] - trigger.fired_at
+    print(f"[guest panic] verdict {took:.1f} s after the machine check")
+    assert result.outcome == "guest-died", (result.error, result.console[-2000:])
+    assert farm.verdicts[trial_id] == "guest-crash"
+    assert "Kernel panic - not syncing" in result.console
+    assert took <= 20
+    assert trigger.domain not in farm_domains()
+    after = farm.run(QUICK)
+    assert after.outcome == "ok" and after.booted, after.error
+    show(farm, "guest panic", [trial_id, after.trial_id], trigger.in_flight)
