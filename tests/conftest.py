@@ -133,13 +133,15 @@ def db_sessions(db_engine: Engine) -> sessionmaker[Session]:
 
 @pytest.fixture(scope="session")
 def farm_domains() -> Callable[..., list[str]]:
-    """Lists the farm's libvirt guests, defined or running: tests must leave none behind.
+    """Lists the farm's libvirt guests, defined or running, except those in ``ignore``.
 
-    A stopped worker's guests go when libvirtd notices the closed connection
-    (AUTODESTROY), which can take a moment: wait up to ``settle`` seconds.
+    Tests snapshot the list first and check that nothing new is left (other
+    farms on this host may have guests of their own). A stopped worker's
+    guests go when libvirtd notices the closed connection (AUTODESTROY), which
+    can take a moment: wait up to ``settle`` seconds.
     """
 
-    def names(settle: float = 15.0) -> list[str]:
+    def names(settle: float = 15.0, ignore: frozenset[str] = frozenset()) -> list[str]:
         deadline = time.monotonic() + settle
         while True:
             out = subprocess.run(
@@ -148,7 +150,7 @@ def farm_domains() -> Callable[..., list[str]]:
                 text=True,
                 check=True,
             ).stdout
-            found = [n for n in out.split() if n.startswith("zapfarm-")]
+            found = [n for n in out.split() if n.startswith("zapfarm-") and n not in ignore]
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.5)

@@ -123,7 +123,9 @@ class Lan:
             for name in self.names[1:]:
                 ns = self.hosts[name]
                 port = f"p-{name}"[:15]
-                hub.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+                hub.ip(
+                    "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name
+                )
                 hub.ip("link", "set", port, "master", "br0", "up")
                 ns.ip("addr", "add", f"{self.address(name)}/24", "dev", "eth0")
                 ns.ip("link", "set", "eth0", "up")
@@ -315,7 +317,15 @@ def start_scheduler(
     base = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "farm.cli", "scheduler", "--batch-size", str(batch_size)],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "farm.cli",
+                "scheduler",
+                "--batch-size",
+                f"{batch_size}",
+            ],
             env={**base, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -404,5 +414,5 @@ def tally(
         recorded=len(set(done) & expected),
         duplicates=sum(n - 1 for n in done.values()) + over_counted,
         lost=len(expected - set(done)),
-        reruns=sum(n - 1 for n in runs.values() if n > 1),
+        reruns=sum(runs[t] - 1 for t in expected if runs[t] > 1),
     )

@@ -20,6 +20,7 @@ Each test prints in flight / recorded / duplicates / lost (and reruns).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,7 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from private_services import in_flight, runs_per_trial, tally, wait_for
+from celery import Celery
+from private_services import RedisServer, in_flight, runs_per_trial, tally, wait_for
 
 from farm import campaigns
 from farm.db import ensure_kernel, make_engine, session_factory, upgrade
@@ -67,9 +69,14 @@ def farm_domains() -> list[str]:
 class GuestFarm:
     """A control plane in this process and real libvirt worker processes."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, redis: RedisServer) -> None:
         self.tmp = tmp
-        self.settings = replace(load_settings(), database_url=f"sqlite:///{tmp / 'farm.sqlite'}")
+        self.settings = replace(
+            load_settings(),
+            database_url=f"sqlite:///{tmp / 'farm.sqlite'}",
+            broker_url=redis.url(0),
+            result_backend=redis.url(1),
+        )
         upgrade(self.settings.database_url)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = session_factory(self.engine)
@@ -79,9 +86,9 @@ class GuestFarm:
             ensure_kernel(session, k.name, k.release, str(k.path), k.sha256, k.source)
         self.workers: list[LocalWorker] = []
         self.add_worker()
-        from workers.celery_app import app
-
-        self.app = app
+        self.app = Celery("zapfarm", broker=redis.url(0), backend=redis.url(1))
+        self.app.config_from_object("workers.celeryconfig")
+        self.domains: set[str] = set()  # every guest these workers were seen to run
         self.results: dict[str, TrialResult] = {}
         self.verdicts: dict[str, str] = {}
         self.recorded_at: dict[str, float] = {}
@@ -112,6 +119,8 @@ class GuestFarm:
 
     def _on_record(self, result: TrialResult, verdict: str) -> None:
         self.deliveries[result.trial_id] += 1
+        if result.guest is not None:
+            self.domains.add(result.guest.name)
         self.results.setdefault(result.trial_id, result)
         self.verdicts.setdefault(result.trial_id, verdict)
         self.recorded_at.setdefault(result.trial_id, time.monotonic())
@@ -164,12 +173,19 @@ class GuestFarm:
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestFarm]:
-    farm = GuestFarm(tmp_path_factory.mktemp("guestfaults"))
+    """A private Redis: no other test's worker (this machine is shared) can take a trial."""
+    tmp = tmp_path_factory.mktemp("guestfaults")
+    redis = RedisServer(tmp / "redis").start()
     try:
-        yield farm
+        farm = GuestFarm(tmp, redis)
+        try:
+            yield farm
+        finally:
+            farm.close()
     finally:
-        farm.close()
-    assert wait_for(lambda: farm_domains() == [], 30), "the workers left guests behind"
+        redis.stop(signal.SIGKILL)
+    left = lambda: farm.domains & set(farm_domains())  # noqa: E731
+    assert wait_for(lambda: not left(), 30), f"the workers left guests behind: {left()}"
 
 
 def qemu_pid(domain: str) -> int:
@@ -193,7 +209,9 @@ class Trigger:
             return
         if self.domain is None:
             self.domain = self.farm.guest_of(self.trial_id)
-            self.seen_at = time.monotonic() if self.domain else None
+            if self.domain:
+                self.seen_at = time.monotonic()
+                self.farm.domains.add(self.domain)
             return
         assert self.seen_at is not None
         if time.monotonic() - self.seen_at >= self.delay_s:
@@ -257,10 +275,8 @@ def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(farm: Gu
         result = farm.drive(farm.scheduler(deadline_s), trial_id, 120, trigger)
     finally:
         for pid in stopped:  # only matters if the worker failed to destroy it
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
     assert trigger.fired_at is not None and trigger.domain is not None
     took = farm.recorded_at[trial_id] - trigger.fired_at
     print(f"[guest hang] verdict {took:.1f} s after SIGSTOP (deadline {deadline_s:.0f} s)")
@@ -297,3 +313,21 @@ def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(farm: Gue
     after = farm.run(QUICK)
     assert after.outcome == "ok" and after.booted, after.error
     show(farm, "guest panic", [trial_id, after.trial_id], trigger.in_flight)
+
+
+def test_console_logs_are_written_by_virtlogd(farm: GuestFarm) -> None:
+    """virtlogd (not QEMU) holds the console file, so its max_size/max_backups rotation applies."""
+    result = farm.run(QUICK)
+    assert result.outcome == "ok" and result.guest is not None, result.error
+    console = (farm.consoles / f"{result.guest.name}.log").resolve()
+
+    def holders(pid: int) -> set[str]:
+        found = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                found.add(os.readlink(fd))
+        return found
+
+    virtlogd = subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True, text=True)
+    assert str(console) not in holders(qemu_pid(result.guest.name))
+    assert any(str(console) in holders(int(p)) for p in virtlogd.stdout.split())
