@@ -168,8 +168,15 @@ def status(ctx: click.Context, name: str, watch: bool) -> None:
 @click.command()
 @click.option("--batch-size", default=4, show_default=True, help="trials per Celery message")
 @click.option("--once", is_flag=True, help="one scheduling step, then exit (for cron and tests)")
+@click.option(
+    "--resume-every",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="seconds between re-checks of batches in flight against the broker",
+)
 @click.pass_context
-def scheduler(ctx: click.Context, batch_size: int, once: bool) -> None:
+def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: float) -> None:
     """Run campaigns: create trials, send them to workers, record their results.
 
     All state is in the database: stop it any time (SIGTERM) and start it again.
@@ -208,4 +215,4 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool) -> None:
             return
         out.print("scheduler running (Ctrl-C to stop; state is kept in the database)")
         # a Redis or PostgreSQL outage rebuilds the scheduler from the database, in-process
-        run_supervised(build, stop=lambda: stopping)
+        run_supervised(build, stop=lambda: stopping, resume_every_s=resume_every)

@@ -49,6 +49,7 @@ WORKER_KEYS = frozenset(
         "virt_type",
         "executor",
         "worker_name",
+        "visibility_timeout_s",
     }
 )
 _SECRET_KEYS = frozenset({"web_token"})
@@ -90,6 +91,10 @@ class Settings:
     virt_type: str | None = None  # "kvm" or "qemu" (TCG); unset: probe once per host
     executor: str = "libvirt"  # "synthetic": no guests, instant clean results (benchmarks)
     worker_name: str = field(default_factory=socket.gethostname)
+    # Redis redelivers a message nobody acknowledged after this long: keep it above the
+    # longest batch (its hard time limit), or a slow batch runs twice. 2 x the trial hard
+    # limit of workers/celeryconfig.py; tests lower it to see redelivery within seconds.
+    visibility_timeout_s: int = 960
     web_token: str | None = None
     config_file: Path | None = None  # where the values came from; not a key
 
@@ -142,6 +147,7 @@ _MINIMUM = {
     "guest_cpus": 1,
     "trial_deadline_s": 1,
     "boot_deadline_s": 1,
+    "visibility_timeout_s": 10,
 }
 
 

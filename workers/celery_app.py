@@ -47,6 +47,10 @@ def make_app() -> Celery:
         include=["workers.tasks"],
     )
     app.config_from_object("workers.celeryconfig")
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "visibility_timeout": settings.visibility_timeout_s,
+    }
     return app
 
 

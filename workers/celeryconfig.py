@@ -23,8 +23,19 @@ result_expires = 7 * 24 * 3600
 result_extended = False
 task_track_started = True
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 2 * TRIAL_HARD_LIMIT_S}
+# unacked_restore_throttle 1: workers look for messages past their visibility timeout every
+# 10 s (kombu's default, 10, makes that every 100 s), e.g. a message a worker had reserved
+# when Redis went away and could not give back. The timeout itself: FARM_VISIBILITY_TIMEOUT_S.
+broker_transport_options = {
+    "visibility_timeout": 2 * TRIAL_HARD_LIMIT_S,
+    "unacked_restore_throttle": 1,
+}
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# A Redis restart must not turn a finished trial into a lost (or failed) one: storing its
+# result (and reading results, on the scheduler) retries with backoff up to 10 s, for
+# ~10 minutes, instead of failing the task with the connection error.
+result_backend_always_retry = True
+result_backend_max_retries = 120
 worker_hijack_root_logger = False
 worker_send_task_events = False
 # A broker blip must not kill trials running in guests: they finish and store their result
