@@ -229,6 +229,7 @@ def show(farm: GuestFarm, label: str, trial_ids: list[str], at_fault: int) -> No
         worker_logs=[w.log_file for w in farm.workers],
     )
     result.show()
+    assert at_fault >= 1, "the fault hit while nothing was in flight"
     assert (result.recorded, result.duplicates, result.lost) == (len(trial_ids), 0, 0)
     assert all(farm.deliveries[t] == 1 for t in trial_ids), farm.deliveries
 

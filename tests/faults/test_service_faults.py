@@ -159,6 +159,7 @@ def test_redis_restart_mid_campaign_loses_nothing(
         name = farm.start()
         assert wait_for(lambda: farm.done(name) >= 100, 60, 0.05), farm.logs()
         at_fault = in_flight(farm.sessions)
+        assert farm.done(name) < TRIALS  # mid-campaign
         redis_server.stop(how)
         time.sleep(1.5)  # workers retry the broker after 2 s, then 4 s more
         redis_server.start()
@@ -205,6 +206,7 @@ def test_postgres_gone_for_30_s_mid_campaign_loses_nothing(
         name = farm.start()
         assert wait_for(lambda: farm.done(name) >= 100, 60, 0.05), farm.logs()
         at_fault = in_flight(farm.sessions)
+        assert farm.done(name) < TRIALS  # mid-campaign
         private_postgres.stop("fast")
         down_since = time.monotonic()
         time.sleep(OUTAGE_S)
