@@ -56,16 +56,6 @@ LIBVIRT_KILL_S = 15  # libvirt destroys a QEMU that ignores SIGTERM with SIGKILL
 MCE_PANIC = "mce 0 0 0xb200000000000000 0x4 0 0"  # bank 0: VAL|UC|EN|PCC, MCG_STATUS=MCIP
 
 
-def farm_domains() -> list[str]:
-    out = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [n for n in out.split() if n.startswith("zapfarm-")]
-
-
 class GuestFarm:
     """A control plane in this process and real libvirt worker processes."""
 
@@ -172,7 +162,9 @@ class GuestFarm:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestFarm]:
+def farm(
+    tmp_path_factory: pytest.TempPathFactory, farm_domains: Callable[..., list[str]]
+) -> Iterator[GuestFarm]:
     """A private Redis: no other test's worker (this machine is shared) can take a trial."""
     tmp = tmp_path_factory.mktemp("guestfaults")
     redis = RedisServer(tmp / "redis").start()
@@ -184,7 +176,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestFarm]:
             farm.close()
     finally:
         redis.stop(signal.SIGKILL)
-    left = lambda: farm.domains & set(farm_domains())  # noqa: E731
+    left = lambda: farm.domains & set(farm_domains(settle=0))  # noqa: E731
     assert wait_for(lambda: not left(), 30), f"the workers left guests behind: {left()}"
 
 
@@ -234,7 +226,9 @@ def show(farm: GuestFarm, label: str, trial_ids: list[str], at_fault: int) -> No
     assert all(farm.deliveries[t] == 1 for t in trial_ids), farm.deliveries
 
 
-def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(farm: GuestFarm) -> None:
+def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(
+    farm: GuestFarm, farm_domains: Callable[..., list[str]]
+) -> None:
     second = farm.add_worker()
     host = socket.gethostname()
     trial_id = farm.submit(SLOW)
@@ -251,7 +245,7 @@ def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(farm: Gu
     assert trigger.domain is not None and trigger.fired_at is not None
     killed_pid = int(trigger.domain.split("-")[1])
     print(f"[worker SIGKILL] killed pool process {killed_pid} running {trigger.domain}")
-    assert trigger.domain not in farm_domains(), "AUTODESTROY did not take the orphan guest"
+    assert trigger.domain not in farm_domains(settle=0), "AUTODESTROY did not take the orphan guest"
     assert result.outcome == "ok", (result.error, result.console[-2000:])
     assert result.worker != f"{host}:{killed_pid}", "the killed process cannot have finished it"
     assert result.booted and result.guest is not None and result.guest.name != trigger.domain
@@ -261,7 +255,9 @@ def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(farm: Gu
     show(farm, "worker SIGKILL", [trial_id], trigger.in_flight)
 
 
-def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(farm: GuestFarm) -> None:
+def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(
+    farm: GuestFarm, farm_domains: Callable[..., list[str]]
+) -> None:
     deadline_s = 5.0
     trial_id = farm.submit(SLOWER)
     stopped: list[int] = []
@@ -284,14 +280,16 @@ def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(farm: Gu
     assert result.outcome == "timeout" and farm.verdicts[trial_id] == "hang", result.error
     assert "no answer from the guest" in (result.error or "")
     assert took <= deadline_s + READY_GRACE_S + LIBVIRT_KILL_S + 10
-    assert trigger.domain not in farm_domains()
+    assert trigger.domain not in farm_domains(settle=0)
     after = farm.run(QUICK)
     assert after.outcome == "ok" and after.booted, after.error
     assert after.guest is not None and after.guest.name != trigger.domain
     show(farm, "guest hang", [trial_id, after.trial_id], trigger.in_flight)
 
 
-def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(farm: GuestFarm) -> None:
+def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(
+    farm: GuestFarm, farm_domains: Callable[..., list[str]]
+) -> None:
     trial_id = farm.submit(SLOWER)
 
     def panic(domain: str) -> None:
@@ -310,7 +308,7 @@ def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(farm: Gue
     assert farm.verdicts[trial_id] == "guest-crash"
     assert "Kernel panic - not syncing" in result.console
     assert took <= 20
-    assert trigger.domain not in farm_domains()
+    assert trigger.domain not in farm_domains(settle=0)
     after = farm.run(QUICK)
     assert after.outcome == "ok" and after.booted, after.error
     show(farm, "guest panic", [trial_id, after.trial_id], trigger.in_flight)
