@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from farm.params import TrialParams
-from farm.search import ThompsonSampler, UniformSampler, cached_params
+from farm.control.search import ThompsonSampler, UniformSampler, cached_params
 
 P_IN = 0.05
 P_OUT = 0.0005

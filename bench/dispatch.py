@@ -22,11 +22,11 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import func, select
 
-from farm import campaigns
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.localworker import LocalWorker
-from farm.models import Trial
-from farm.scheduler import Scheduler
+from farm.control import campaigns
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.control.localworker import LocalWorker
+from farm.store.models import Trial
+from farm.control.scheduler import Scheduler
 from farm.settings import load_settings
 from workers.celery_app import PING_TASK, kernel_queue
 from workers.host import queues_for

@@ -17,8 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
-from farm.guest_image import build_initramfs
-from farm.kernels import installed_kernel
+from farm.artifacts.guest_image import build_initramfs
+from farm.artifacts.kernels import installed_kernel
 from farm.params import SeedToken
 from farm.settings import load_settings
 from workers.connection import open_connection

@@ -38,8 +38,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Connection, make_url  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
-from farm import db  # noqa: E402
-from farm.findings import signature  # noqa: E402
+from farm.store import db  # noqa: E402
+from farm.store.findings import signature  # noqa: E402
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 GOAL_P95_MS = 150.0
@@ -319,12 +319,12 @@ def free_port() -> int:
 
 
 def serve(url: str, cache_ttl: float) -> tuple[subprocess.Popen[bytes], int]:
-    """`farm web` (farm.web.cli) in a subprocess, once /healthz answers."""
+    """`farm web` (farm.cli.web) in a subprocess, once /healthz answers."""
     port = free_port()
     env = {**os.environ, "FARM_DATABASE_URL": url}
     env.pop("FARM_WEB_TOKEN", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "farm.web.cli", "--port", str(port), "--cache-ttl", str(cache_ttl)],
+        [sys.executable, "-m", "farm.cli.web", "--port", str(port), "--cache-ttl", str(cache_ttl)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """Alembic environment for zapfarm.
 
 The database URL comes from, in order: a connection or URL the caller put in
-``config.attributes`` ("connection" / "database_url", as farm.db.upgrade
+``config.attributes`` ("connection" / "database_url", as farm.store.db.upgrade
 does), ``-x database_url=...`` on the command line, ``$FARM_DATABASE_URL``,
 then farm.toml or the default SQLite file (farm.settings). SQLite needs batch
 mode: it cannot ALTER most things in place, so Alembic copies the table.
@@ -16,8 +16,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from farm.db import make_engine
-from farm.models import Base, JSONType, UTCDateTime
+from farm.store.db import make_engine
+from farm.store.models import Base, JSONType, UTCDateTime
 from farm.settings import load_settings
 
 config = context.config
@@ -53,7 +53,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         render_as_batch=True,
         render_item=_render_item,
         compare_type=True,
-        # farm.db.make_engine issues its own BEGIN on SQLite, so DDL there is
+        # farm.store.db.make_engine issues its own BEGIN on SQLite, so DDL there is
         # transactional too: a failed migration leaves the old schema intact
         transactional_ddl=True if sqlite else None,
         literal_binds=connection is None,

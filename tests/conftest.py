@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from farm import db
+from farm.store import db
 
 # The suite's own broker and result backend: Redis databases nobody else uses, emptied
 # at the start, so messages left by an interrupted run (or a real farm on this Redis)

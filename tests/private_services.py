@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from farm.models import Campaign, Finding, Trial
+from farm.store.models import Campaign, Finding, Trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -327,7 +327,7 @@ def start_scheduler(
     argv = ["scheduler", "--batch-size", f"{batch_size}", "--resume-every", f"{resume_every_s}"]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "farm.cli", *argv],
+            [*prefix, sys.executable, "-m", "farm.cli.main", *argv],
             env={**base, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -33,7 +33,7 @@ def queues_for(kernels: list[str], *, cpu_control: bool) -> list[str]:
 
 def local_kernel_names(cache_dir: Path) -> list[str]:
     """The installed Debian kernel and every kernel fetched, added or built into the cache."""
-    from farm.kernels import KernelNotFound, cached_kernels, installed_kernel
+    from farm.artifacts.kernels import KernelNotFound, cached_kernels, installed_kernel
 
     names = []
     with contextlib.suppress(KernelNotFound):

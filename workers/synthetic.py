@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from farm.params import SeedToken, TokenError
-from farm.result import ProgramOutput, TrialResult
+from farm.protocol import ProgramOutput, TrialResult
 
 
 def synthetic_result(message: dict[str, Any], worker: str) -> TrialResult:

@@ -12,8 +12,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_shutdown
 
-from farm.guest_image import build_initramfs
-from farm.result import TrialResult
+from farm.artifacts.guest_image import build_initramfs
+from farm.protocol import TrialResult
 from farm.settings import Settings, load_settings
 from workers.celery_app import BATCH_TASK, PING_TASK, TRIAL_TASK, app
 from workers.connection import open_connection

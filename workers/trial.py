@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.params import SeedToken, TokenError
-from farm.result import (
+from farm.protocol import (
     MAX_CONSOLE_BYTES,
     MAX_OUTPUT_BYTES,
     GuestInfo,

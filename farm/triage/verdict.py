@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.result import TrialResult
+from farm.protocol import TrialResult
 from farm.triage.console import Report, parse
 
 KINDS = (

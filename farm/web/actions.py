@@ -1,6 +1,6 @@
 """The web's mutations, shared by the HTML forms and the JSON API.
 
-Both go through farm.campaigns (``act`` and ``create_reproduction``) so the web
+Both go through farm.control.campaigns (``act`` and ``create_reproduction``) so the web
 obeys the same state machine and spec validation as ``farm campaign ...`` and
 ``farm reproduce``; this module only maps their errors to HTTP statuses.
 """
@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm import campaigns
-from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
+from farm.control import campaigns
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import SeedToken, TokenError
 from farm.web import schemas as s
 from farm.web.cache import TTLCache
@@ -44,7 +44,7 @@ def _summary(session: Session, cache: TTLCache, campaign: Campaign) -> s.Campaig
 def campaign_action(
     sessions: sessionmaker[Session], cache: TTLCache, name: str, action: str
 ) -> s.CampaignSummary:
-    """Start, pause, resume or stop a campaign through farm.campaigns.act."""
+    """Start, pause, resume or stop a campaign through farm.control.campaigns.act."""
     if action not in campaigns.ACTIONS:
         raise ActionError(
             400, f"unknown action {action!r}; use one of {', '.join(campaigns.ACTIONS)}"

@@ -165,7 +165,7 @@ def post_campaign_action(
     action: Literal["start", "pause", "resume", "stop"],
     credentials: Credentials,
 ) -> s.MutationResult:
-    """Start, pause, resume or stop a campaign (farm.campaigns' state machine decides)."""
+    """Start, pause, resume or stop a campaign (farm.control.campaigns' state machine decides)."""
     web = state(request)
     auth.check(web.web_token, credentials.credentials if credentials else None)
     campaign = actions.campaign_action(web.sessions, web.cache, name, action)

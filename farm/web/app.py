@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from farm import db
+from farm.store import db
 from farm.settings import Settings
 from farm.web import charts, text
 from farm.web.actions import ActionError

@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.campaigns import ACTIONS
-from farm.models import Kernel
+from farm.control.campaigns import ACTIONS
+from farm.store.models import Kernel
 from farm.triage.verdict import FINDING_KINDS, KINDS
 from farm.web import actions, auth, queries
 from farm.web.app import html, session, state

@@ -52,9 +52,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from farm import models
-from farm.campaigns import ACTIONS, TRANSITIONS
-from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
+from farm.store import models
+from farm.control.campaigns import ACTIONS, TRANSITIONS
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import KNOBS, PLACEMENTS, PUNCH_METHODS
 from farm.triage.verdict import FINDING_KINDS, KINDS
 from farm.web import schemas as s
@@ -670,7 +670,7 @@ def list_campaigns(
 
 
 def allowed_actions(status: str) -> list[str]:
-    """The buttons a campaign gets: what farm.campaigns' state machine allows from here."""
+    """The buttons a campaign gets: what farm.control.campaigns' state machine allows from here."""
     allowed = TRANSITIONS.get(status, frozenset())
     out = []
     for action, target in ACTIONS.items():
@@ -965,7 +965,7 @@ def list_kernels(session: Session, cache: TTLCache) -> list[s.KernelInfo]:
 
 
 def _worker_model() -> Any | None:
-    """farm.models.Worker if this version of the farm has it (the scheduler's heartbeats)."""
+    """farm.store.models.Worker if this version of the farm has it (the scheduler's heartbeats)."""
     return getattr(models, "Worker", None)
 
 

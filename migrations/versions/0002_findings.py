@@ -22,7 +22,7 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen copies of farm.models' types: a migration must not change when the models do.
+# Frozen copies of farm.store.models' types: a migration must not change when the models do.
 TIMESTAMP = sa.DateTime(timezone=True)
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 HAS_CAMPAIGN = "campaign_id IS NOT NULL"

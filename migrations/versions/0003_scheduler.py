@@ -18,7 +18,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen copies of farm.models' types: a migration must not change when the models do.
+# Frozen copies of farm.store.models' types: a migration must not change when the models do.
 TIMESTAMP = sa.DateTime(timezone=True)
 JSON = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 

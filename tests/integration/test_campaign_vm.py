@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from farm import campaigns
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.kernels import fetch_debian, installed_kernel
-from farm.localworker import LocalWorker
-from farm.models import Campaign, Trial
-from farm.scheduler import Scheduler
+from farm.control import campaigns
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.artifacts.kernels import fetch_debian, installed_kernel
+from farm.control.localworker import LocalWorker
+from farm.store.models import Campaign, Trial
+from farm.control.scheduler import Scheduler
 from farm.settings import load_settings
 from workers.host import worker_queues
 

@@ -16,10 +16,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm import db
-from farm.models import Base, Campaign, Kernel, Trial
+from farm.store import db
+from farm.store.models import Base, Campaign, Kernel, Trial
 from farm.params import SeedToken
-from farm.recorder import (
+from farm.store.recorder import (
     RecorderError,
     RecordOutcome,
     enqueue,
@@ -27,7 +27,7 @@ from farm.recorder import (
     record,
     record_many,
 )
-from farm.result import ResultError, TrialResult, validate_result
+from farm.protocol import ResultError, TrialResult, validate_result
 
 TOKEN = "zf1-8188e2f542964e0c"
 FARM_TABLES = {"kernels", "campaigns", "trials", "findings", "finding_counts", "workers"}

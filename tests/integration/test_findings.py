@@ -13,17 +13,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, result_dict, schema_diff, table_names
 from threads import run_threads
 
-from farm import db
-from farm.findings import (
+from farm.store import db
+from farm.store.findings import (
     MAX_REPORT_CHARS,
     attach,
     normalize_title,
     rerun,
     signature,
 )
-from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
-from farm.recorder import RecordOutcome, enqueue, record, record_many
-from farm.result import TrialResult, validate_result
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
+from farm.store.recorder import RecordOutcome, enqueue, record, record_many
+from farm.protocol import TrialResult, validate_result
 from farm.triage.verdict import Verdict, judge
 
 RSS_SPLAT = "BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:-1\n"
@@ -401,7 +401,7 @@ def test_rerun_fixes_stale_verdicts_and_rebuilds_counts(
 ) -> None:
     queue(db_sessions, "r-1", "k-a", "camp-x")
     # recorded before the parser knew about it: stored as clean, the console says otherwise
-    # (its console was kept: clean consoles are a sample, farm.storage)
+    # (its console was kept: clean consoles are a sample, farm.store.storage)
     record(
         db_sessions,
         make("r-1", console="boot ok\n" + RSS_SPLAT, clean=True),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.kernelbuild import (
+from farm.artifacts.kernelbuild import (
     PATCH_ORDER,
     SERIES,
     BuildSpec,

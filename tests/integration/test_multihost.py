@@ -37,11 +37,11 @@ from private_services import (
 )
 from sqlalchemy import select
 
-from farm import campaigns
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.kernels import installed_kernel
-from farm.localworker import LocalWorker
-from farm.models import Campaign, Trial
+from farm.control import campaigns
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.artifacts.kernels import installed_kernel
+from farm.control.localworker import LocalWorker
+from farm.store.models import Campaign, Trial
 from farm.settings import load_settings
 from workers.host import queues_for
 

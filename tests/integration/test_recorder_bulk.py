@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, add_kernel, count, result, result_dict
 from threads import run_threads
 
-from farm import recorder
-from farm.models import Campaign, Finding, FindingCount, Kernel, Trial
+from farm.store import recorder
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import SeedToken
-from farm.recorder import (
+from farm.store.recorder import (
     NewTrial,
     RecorderError,
     RecordOutcome,
@@ -26,7 +26,7 @@ from farm.recorder import (
     record,
     record_many,
 )
-from farm.result import ResultError, TrialResult, validate_result
+from farm.protocol import ResultError, TrialResult, validate_result
 from farm.triage.verdict import judge
 
 OTHER = "zf1-00000000000000ff"

@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from farm import campaigns
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.localworker import LocalWorker
-from farm.models import Campaign, Trial, Worker
-from farm.scheduler import Scheduler
+from farm.control import campaigns
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.control.localworker import LocalWorker
+from farm.store.models import Campaign, Trial, Worker
+from farm.control.scheduler import Scheduler
 from farm.settings import load_settings
 from workers.celery_app import kernel_queue
 from workers.host import queues_for
@@ -82,7 +82,7 @@ def start_scheduler(db_url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FARM_DATABASE_URL": db_url}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "farm.cli", "scheduler", "--batch-size", "3"],
+            [sys.executable, "-m", "farm.cli.main", "scheduler", "--batch-size", "3"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from farm.guest_image import GUEST_DIR, compile_static
+from farm.artifacts.guest_image import GUEST_DIR, compile_static
 
 FAKE_PROGRAM = r"""#!/bin/sh
 case "$1" in

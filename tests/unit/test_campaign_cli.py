@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from farm.cli import main
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.cli.main import main
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 
 
 @pytest.fixture

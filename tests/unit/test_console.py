@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from farm.triage import console
-from farm.triage.commands import triage
+from farm.cli.triage import triage
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "console"
 SAMPLES = sorted(p for p in DATA.iterdir() if p.is_file() and not p.name.endswith(".md"))

@@ -1,4 +1,4 @@
-"""farm/guest_image.py: a real build of the initramfs, read back with Python.
+"""farm/artifacts/guest_image.py: a real build of the initramfs, read back with Python.
 
 The kernel unpacks the image, QEMU (as libvirt-qemu) reads it and workers
 rebuild it before boots, so the tests check what each of them relies on:
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import guest_image
-from farm.guest_image import CpioEntry, build_initramfs, read_newc, write_newc
+from farm.artifacts import guest_image
+from farm.artifacts.guest_image import CpioEntry, build_initramfs, read_newc, write_newc
 
 
 @pytest.fixture(scope="module")

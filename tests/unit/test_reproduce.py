@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from farm.cli import main
-from farm.minimize import candidates, minimize
+from farm.cli.main import main
+from farm.control.minimize import candidates, minimize
 from farm.params import SeedToken
-from farm.reproduce import Reproduction, wilson
+from farm.control.reproduce import Reproduction, wilson
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from farm.params import KNOBS, SeedToken, TrialParams
-from farm.search import (
+from farm.control.search import (
     DEFAULT_BINS,
     LOG_KNOBS,
     ChoiceDomain,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.result import TrialResult
+from farm.protocol import TrialResult
 from farm.triage.verdict import FINDING_KINDS, KINDS, judge
 from workers.synthetic import synthetic_result
 
@@ -118,7 +118,7 @@ def test_kinds_are_ordered_and_findings_are_a_subset() -> None:
 
 
 def test_selftest_counts_the_inlined_title_as_the_expected_warning() -> None:
-    from farm.selftest import Control
+    from farm.control.selftest import Control
 
     control = Control("k", "c")
     warn = clean_result(console=console("zapfarm-real-warn-inlined"))

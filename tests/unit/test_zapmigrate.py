@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from farm.guest_image import GUEST_DIR, compile_static
+from farm.artifacts.guest_image import GUEST_DIR, compile_static
 from farm.params import TrialParams
-from farm.result import parse_program_output
+from farm.protocol import parse_program_output
 
 HOST_NODES = len(list(Path("/sys/devices/system/node").glob("node[0-9]*")))
 pytestmark = pytest.mark.skipif(HOST_NODES != 1, reason="expects a single-NUMA-node host")

@@ -1,7 +1,7 @@
 """Fixtures for the web tests: a results database filled through the real recorder.
 
-Every trial goes the way production trials go: farm.recorder.enqueue, then
-farm.recorder.record with the verdict farm.triage.verdict.judge() gives its
+Every trial goes the way production trials go: farm.store.recorder.enqueue, then
+farm.store.recorder.record with the verdict farm.triage.verdict.judge() gives its
 result, so findings, counts and example trials are what the recorder makes of
 them. The database is built once per test module and backend (SQLite and
 PostgreSQL) to keep the web tests fast; tests that mutate use their own names.
@@ -22,11 +22,13 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm import campaigns, db, models
-from farm.models import Campaign, Finding, Kernel, Trial
+from farm.control import campaigns
+
+from farm.store import db, models
+from farm.store.models import Campaign, Finding, Kernel, Trial
 from farm.params import SeedToken
-from farm.recorder import enqueue, mark_running, record
-from farm.result import TrialResult, validate_result
+from farm.store.recorder import enqueue, mark_running, record
+from farm.protocol import TrialResult, validate_result
 from farm.triage.verdict import judge
 from farm.web import create_app
 

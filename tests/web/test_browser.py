@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import WEB_TOKEN, Filled, fill
 
-from farm import db
+from farm.store import db
 from farm.web import create_app
 
 pytestmark = pytest.mark.browser

@@ -9,8 +9,8 @@ import uvicorn
 from click.testing import CliRunner
 from fastapi import FastAPI
 
-from farm import db
-from farm.web.cli import web
+from farm.store import db
+from farm.cli.web import web
 
 
 def test_unmigrated_database_names_the_fix(

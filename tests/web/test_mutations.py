@@ -1,4 +1,4 @@
-"""Mutations need the web token and go through farm.campaigns; both backends."""
+"""Mutations need the web token and go through farm.control.campaigns; both backends."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from conftest import WEB_TOKEN, Filled
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from farm import db
-from farm.models import Campaign
+from farm.store import db
+from farm.store.models import Campaign
 from farm.web import create_app
 
 

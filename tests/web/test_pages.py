@@ -10,8 +10,8 @@ from conftest import HOSTILE, Filled
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from farm import db
-from farm.models import Trial
+from farm.store import db
+from farm.store.models import Trial
 from farm.web import queries
 
 PAGES = [

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm.models import Kernel
+from farm.store.models import Kernel
 from farm.settings import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -171,7 +171,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def source_root() -> Path:
     """The checkout holding alembic.ini and migrations/ (the project installs editable)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def alembic_config(url: str | URL) -> Config:

@@ -35,7 +35,7 @@ def settings_from(ctx: click.Context) -> Settings:
 @contextmanager
 def open_db(ctx: click.Context) -> Iterator[sessionmaker[Session]]:
     """The results database at the newest schema; errors name the fix."""
-    from farm.db import DatabaseError, make_engine, session_factory, upgrade
+    from farm.store.db import DatabaseError, make_engine, session_factory, upgrade
 
     settings = settings_from(ctx)
     try:

@@ -21,9 +21,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from farm import campaigns
-from farm.cli_support import FarmError, open_db, settings_from
-from farm.result import TrialResult
+from farm.control import campaigns
+from farm.cli.support import FarmError, open_db, settings_from
+from farm.protocol import TrialResult
 from farm.triage.verdict import FINDING_KINDS, judge
 
 # zap_pte_range() is static: where the compiler inlines it (the small builds do), the
@@ -64,7 +64,7 @@ class Control:
 
 
 def default_positive(cache_dir: Any) -> str | None:
-    from farm.kernels import cached_kernels
+    from farm.artifacts.kernels import cached_kernels
 
     built = [k.name for k in cached_kernels(cache_dir) if "warn-revertfix" in k.name]
     return built[-1] if built else None
@@ -80,9 +80,9 @@ def selftest(
     ctx: click.Context, trials: int, positive: str | None, negative: str | None, as_json: bool
 ) -> None:
     """Positive and negative controls: exit 0 when the farm finds the bug only where it is."""
-    from farm.db import ensure_kernel
-    from farm.kernels import cached_kernels, installed_kernel
-    from farm.local import check_hypervisor, run_locally
+    from farm.store.db import ensure_kernel
+    from farm.artifacts.kernels import cached_kernels, installed_kernel
+    from farm.control.local import check_hypervisor, run_locally
 
     settings = settings_from(ctx)
     check_hypervisor(settings)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUILDER_VERSION = 1  # bump when the image layout below changes
-GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
+GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
 SOURCES = ("agent.c", "zapmigrate.c")
 CC = "gcc"
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-s")

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm.broker import local_redis
-from farm.localworker import LocalWorker
-from farm.result import TrialResult
-from farm.scheduler import Scheduler
+from farm.control.broker import local_redis
+from farm.control.localworker import LocalWorker
+from farm.protocol import TrialResult
+from farm.control.scheduler import Scheduler
 from farm.settings import Settings
 from workers.connection import open_connection
 from workers.host import worker_queues

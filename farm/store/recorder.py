@@ -30,7 +30,7 @@ Guest output is untrusted: text and JSON are cleaned of what PostgreSQL
 refuses (NUL characters, lone surrogates), so a hostile guest cannot make its
 own result unrecordable and have Celery redeliver it forever.
 
-A result whose verdict is a finding is attached to its finding (farm.findings)
+A result whose verdict is a finding is attached to its finding (farm.store.findings)
 in the same transaction, and only when this delivery stored it: a duplicate
 delivery never counts twice.
 """
@@ -49,13 +49,13 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import CursorResult, Executable, Table, Update, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm.db import dialect_insert, ensure_kernel
-from farm.findings import attach_row, finding_key, trial_detail, trial_title
-from farm.models import Campaign, Kernel, Trial, utcnow
+from farm.store.db import dialect_insert, ensure_kernel
+from farm.store.findings import attach_row, finding_key, trial_detail, trial_title
+from farm.store.models import Campaign, Kernel, Trial, utcnow
 from farm.params import SeedToken, TokenError, TrialParams
-from farm.result import ResultError, TrialResult, validate_result
+from farm.protocol import ResultError, TrialResult, validate_result
 from farm.sanitize import clean_json, clean_text
-from farm.storage import CLEAN_CONSOLE_SAMPLE, console_columns
+from farm.store.storage import CLEAN_CONSOLE_SAMPLE, console_columns
 from farm.triage.verdict import FINDING_KINDS, Verdict
 
 _VERDICT_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")

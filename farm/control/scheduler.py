@@ -37,14 +37,14 @@ from celery.result import AsyncResult
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm import campaigns
-from farm.broker import known_task_ids
-from farm.campaigns import CampaignSpec
-from farm.models import Campaign, Kernel, Trial, Worker
+from farm.control import campaigns
+from farm.control.broker import known_task_ids
+from farm.control.campaigns import CampaignSpec
+from farm.store.models import Campaign, Kernel, Trial, Worker
 from farm.params import PRESETS, SeedToken
-from farm.recorder import NewTrial, enqueue_many, parse_token, record_many
-from farm.result import ResultError, TrialResult, validate_result
-from farm.search import Sampler, ThompsonSampler, UniformSampler
+from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
+from farm.protocol import ResultError, TrialResult, validate_result
+from farm.control.search import Sampler, ThompsonSampler, UniformSampler
 from farm.triage.verdict import judge
 from workers.celery_app import BATCH_TASK, kernel_queue, trial_message
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from farm.cli_support import FarmError, err, settings_from
+from farm.cli.support import FarmError, err, settings_from
 
 
 @click.group()
@@ -39,7 +39,7 @@ def guest() -> None:
 @click.pass_context
 def guest_build(ctx: click.Context) -> None:
     """Build the gzip'd cpio initramfs (content-addressed: instant when unchanged)."""
-    from farm.guest_image import GuestImageError, build_initramfs
+    from farm.artifacts.guest_image import GuestImageError, build_initramfs
 
     settings = settings_from(ctx)
     try:
@@ -56,11 +56,11 @@ def guest_build(ctx: click.Context) -> None:
 @click.pass_context
 def demo(ctx: click.Context, trials: int, as_json: bool) -> None:
     """Run a short real campaign: SQLite, a local worker, a TCG NUMA guest."""
-    from farm.broker import BrokerError
-    from farm.db import DatabaseError
-    from farm.demo import run_demo, summary_table
-    from farm.guest_image import GuestImageError
-    from farm.kernels import KernelNotFound
+    from farm.control.broker import BrokerError
+    from farm.store.db import DatabaseError
+    from farm.control.demo import run_demo, summary_table
+    from farm.artifacts.guest_image import GuestImageError
+    from farm.artifacts.kernels import KernelNotFound
     from workers.connection import HypervisorError
 
     settings = settings_from(ctx)
@@ -130,7 +130,7 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Migrate the database to the newest schema (Alembic)."""
-    from farm.db import DatabaseError, upgrade
+    from farm.store.db import DatabaseError, upgrade
     from farm.settings import redact_url
 
     settings = settings_from(ctx)
@@ -142,25 +142,25 @@ def db_upgrade(ctx: click.Context) -> None:
 
 
 def _add_groups() -> None:
-    from farm.campaign_commands import campaign, scheduler
+    from farm.cli.campaign import campaign, scheduler
 
     main.add_command(campaign)
     main.add_command(scheduler)
-    from farm.reproduce_commands import minimize_command, reproduce
+    from farm.cli.reproduce import minimize_command, reproduce
 
     main.add_command(reproduce)
     main.add_command(minimize_command)
-    from farm.web.cli import web
+    from farm.cli.web import web
 
     main.add_command(web)
-    from farm.selftest import selftest
+    from farm.control.selftest import selftest
 
     main.add_command(selftest)
-    from farm.kernel_commands import kernels
+    from farm.cli.kernels import kernels
 
     main.add_command(kernels)
     try:
-        from farm.triage.commands import triage
+        from farm.cli.triage import triage
     except ModuleNotFoundError:  # TEMP until commands land
         return
     main.add_command(triage)

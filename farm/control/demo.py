@@ -1,6 +1,6 @@
 """``farm demo``: a short real campaign on the embedded default.
 
-SQLite in the cache folder, a Redis that needs no set-up (``farm.broker``),
+SQLite in the cache folder, a Redis that needs no set-up (``farm.control.broker``),
 a local Celery worker started and stopped here, a real TCG NUMA guest on the
 installed Debian kernel. The campaign runs through the production path:
 scheduler, Celery batch, worker, guest agent, validated result, verdict,
@@ -19,11 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from farm import campaigns
-from farm.db import ensure_kernel, make_engine, session_factory, upgrade
-from farm.guest_image import build_initramfs
-from farm.kernels import installed_kernel
-from farm.local import check_hypervisor, run_locally
+from farm.control import campaigns
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.artifacts.guest_image import build_initramfs
+from farm.artifacts.kernels import installed_kernel
+from farm.control.local import check_hypervisor, run_locally
 from farm.settings import Settings
 
 

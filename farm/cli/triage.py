@@ -152,8 +152,8 @@ def rerun_cmd(ctx: click.Context) -> None:
     """
     from rich.progress import Progress
 
-    from farm.cli_support import open_db
-    from farm.findings import rerun
+    from farm.cli.support import open_db
+    from farm.store.findings import rerun
 
     with open_db(ctx) as sessions, Progress(console=Console(stderr=True)) as progress:
         bar = progress.add_task("re-judging trials", total=None)

@@ -5,9 +5,9 @@ Changes go through Alembic (migrations/versions); tests check that the
 migrated schema and these models never drift apart.
 
 Trials are keyed by ``trial_id``, the idempotency key: Celery delivers at
-least once, and farm.recorder stores each result exactly once against it.
+least once, and farm.store.recorder stores each result exactly once against it.
 Findings are keyed by their signature (verdict kind + normalised title) and
-are maintained by farm.findings, which also rebuilds them from the trials.
+are maintained by farm.store.findings, which also rebuilds them from the trials.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class Trial(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     console: Mapped[str | None] = mapped_column(Text)  # bounded excerpt (result.MAX_CONSOLE_BYTES)
-    # clean trials keep their console only as a zlib-compressed sample (farm.storage)
+    # clean trials keep their console only as a zlib-compressed sample (farm.store.storage)
     console_z: Mapped[bytes | None] = mapped_column(LargeBinary)
     console_bytes: Mapped[int | None]  # the excerpt's size before any of that
     batch_id: Mapped[str | None] = mapped_column(String(64))  # the Celery task that carries it
@@ -223,8 +223,8 @@ class Finding(Base):
     """One deduplicated bug: every trial whose verdict has this signature.
 
     The signature is sha256 of the verdict kind and the normalised title
-    (farm.findings.signature), so it is stable across kernels, campaigns and
-    re-triage. Counters are maintained by farm.findings, never by hand.
+    (farm.store.findings.signature), so it is stable across kernels, campaigns and
+    re-triage. Counters are maintained by farm.store.findings, never by hand.
     """
 
     __tablename__ = "findings"
@@ -246,7 +246,7 @@ class Finding(Base):
     last_seen: Mapped[datetime]
     # the first trial seen with this signature (its token reproduces it) and its report
     example_trial_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("trials.id"))
-    report: Mapped[str | None] = mapped_column(Text)  # bounded (farm.findings.MAX_REPORT_CHARS)
+    report: Mapped[str | None] = mapped_column(Text)  # bounded (farm.store.findings.MAX_REPORT_CHARS)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     example_trial: Mapped[Trial | None] = relationship(

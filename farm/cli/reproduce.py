@@ -10,12 +10,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from farm import campaigns
-from farm.campaigns import CampaignError
-from farm.cli_support import FarmError, open_db, settings_from
-from farm.minimize import minimize
+from farm.control import campaigns
+from farm.control.campaigns import CampaignError
+from farm.cli.support import FarmError, open_db, settings_from
+from farm.control.minimize import minimize
 from farm.params import SeedToken, TokenError
-from farm.reproduce import Reproduction
+from farm.control.reproduce import Reproduction
 from farm.triage.verdict import judge
 
 
@@ -31,8 +31,8 @@ def _kernels(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
     """The named kernels, or the installed Debian kernel (registered on the way)."""
     if names:
         return list(names)
-    from farm.db import ensure_kernel
-    from farm.kernels import installed_kernel
+    from farm.store.db import ensure_kernel
+    from farm.artifacts.kernels import installed_kernel
 
     k = installed_kernel()
     with open_db(ctx) as sessions, sessions.begin() as session:
@@ -44,7 +44,7 @@ def reproduce_locally(
     ctx: click.Context, token: SeedToken, kernels: list[str], runs: int, console: Console
 ) -> Reproduction:
     """Run ``token`` ``runs`` times per kernel on this machine; the tally per kernel."""
-    from farm.local import check_hypervisor, run_locally
+    from farm.control.local import check_hypervisor, run_locally
 
     settings = settings_from(ctx)
     check_hypervisor(settings)

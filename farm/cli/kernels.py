@@ -1,6 +1,6 @@
 """``farm kernels ...``: fetch, add, build, list and boot-check the kernels trials boot.
 
-Registered on the main group in farm.cli (``main.add_command(kernels)``).
+Registered on the main group in farm.cli.main (``main.add_command(kernels)``).
 Progress goes to stderr (rich); the one-line results go to stdout, so that
 scripts can read what was registered. Errors exit 2 naming the fix.
 """
@@ -30,8 +30,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from farm.cli_support import FarmError, settings_from
-from farm.kernels import FLAVOURS, SUITES, KernelError, KernelImage, readable_by_qemu
+from farm.cli.support import FarmError, settings_from
+from farm.artifacts.kernels import FLAVOURS, SUITES, KernelError, KernelImage, readable_by_qemu
 
 if TYPE_CHECKING:
     from farm.settings import Settings
@@ -42,7 +42,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 @contextmanager
 def _errors() -> Iterator[None]:
     """Known failures become FarmError (exit 2, message only)."""
-    from farm.db import DatabaseError
+    from farm.store.db import DatabaseError
 
     try:
         yield
@@ -51,7 +51,7 @@ def _errors() -> Iterator[None]:
 
 
 def _register(settings: Settings, image: KernelImage) -> None:
-    from farm.kernels import register
+    from farm.artifacts.kernels import register
     from farm.settings import redact_url
 
     register(settings.database_url, image)
@@ -85,7 +85,7 @@ def fetch(ctx: click.Context, distribution: str, flavour: str, name: str | None)
     set-up under cache_dir/apt/ (the system's apt is not touched). A version
     that is already cached is not downloaded again.
     """
-    from farm.kernels import check_flavour, fetch_debian, parse_distribution
+    from farm.artifacts.kernels import check_flavour, fetch_debian, parse_distribution
 
     settings = settings_from(ctx)
     with _errors():
@@ -120,7 +120,7 @@ def fetch(ctx: click.Context, distribution: str, flavour: str, name: str | None)
 @click.pass_context
 def add(ctx: click.Context, path: Path, name: str, release: str | None) -> None:
     """Register a custom bzImage (copied into the cache, world-readable)."""
-    from farm.kernels import add_custom
+    from farm.artifacts.kernels import add_custom
 
     settings = settings_from(ctx)
     with _errors():
@@ -134,7 +134,7 @@ def add(ctx: click.Context, path: Path, name: str, release: str | None) -> None:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Every registered kernel, and whether its image is on this host's disk."""
-    from farm.kernels import list_kernels
+    from farm.artifacts.kernels import list_kernels
 
     settings = settings_from(ctx)
     with _errors():
@@ -160,7 +160,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def source(ctx: click.Context, series: str, refresh: bool) -> None:
     """Fetch Debian's linux-source-<series> tarball for builds and tests (no build)."""
-    from farm.kernelbuild import get_source
+    from farm.artifacts.kernelbuild import get_source
 
     settings = settings_from(ctx)
     started = time.monotonic()
@@ -213,7 +213,7 @@ def build_cmd(
 
     Cached by source version, fragments and patches: an unchanged build is instant.
     """
-    from farm.kernelbuild import BuildSpec, build, expected_steps
+    from farm.artifacts.kernelbuild import BuildSpec, build, expected_steps
 
     settings = settings_from(ctx)
     started = time.monotonic()
@@ -289,7 +289,7 @@ def _splat_lines(text: str) -> list[str]:
 
 
 def _find_image(cache_dir: Path, name_or_path: str) -> KernelImage:
-    from farm.kernels import cached_kernels, inspect_bzimage, installed_kernel, sha256_of
+    from farm.artifacts.kernels import cached_kernels, inspect_bzimage, installed_kernel, sha256_of
 
     for image in cached_kernels(cache_dir):
         if image.name == name_or_path:
@@ -320,7 +320,7 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
     reports (WARNING, BUG, Oops, Bad rss-counter, ...). The guest is always
     destroyed. Exit 0 ok, 1 --expect-warn saw no WARNING, 2 boot/infra failure.
     """
-    from farm.guest_image import GuestImageError, build_initramfs
+    from farm.artifacts.guest_image import GuestImageError, build_initramfs
     from farm.params import params_for
     from workers.connection import HypervisorError, open_connection
     from workers.vm import Guest, GuestConfig, GuestError

@@ -2,7 +2,7 @@
 mirror, custom bzImages, and registering them by name and sha256.
 
 Trials name the kernel they booted, and a name stands for one image forever
-(farm.db.ensure_kernel), so every image the farm boots is copied into
+(farm.store.db.ensure_kernel), so every image the farm boots is copied into
 ``cache_dir/kernels/<name>/`` (world-readable: QEMU runs as libvirt-qemu) and
 recorded with its sha256.
 
@@ -671,9 +671,9 @@ class KernelRow:
 def register(database_url: str, image: KernelImage) -> None:
     """Record the image in the database (schema upgraded first); idempotent.
 
-    Raises farm.db.KernelConflict when the name already stands for another image.
+    Raises farm.store.db.KernelConflict when the name already stands for another image.
     """
-    from farm.db import ensure_kernel, make_engine, session_factory, upgrade
+    from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 
     upgrade(database_url)
     engine = make_engine(database_url)
@@ -690,8 +690,8 @@ def list_kernels(database_url: str) -> list[KernelRow]:
     """Every registered kernel, and whether its image is still on this host's disk."""
     from sqlalchemy import select
 
-    from farm.db import make_engine, session_factory, upgrade
-    from farm.models import Kernel
+    from farm.store.db import make_engine, session_factory, upgrade
+    from farm.store.models import Kernel
 
     upgrade(database_url)
     engine = make_engine(database_url)

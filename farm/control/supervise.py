@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 
-from farm.db import DatabaseUnavailable
+from farm.store.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ OUTAGES: tuple[type[BaseException], ...] = (
     BrokerOperationalError,  # kombu: publishing failed after its own retries
     DatabaseOperationalError,  # server gone, connection reset, admin shutdown
     InterfaceError,
-    DatabaseUnavailable,  # farm.db: could not connect at all
+    DatabaseUnavailable,  # farm.store.db: could not connect at all
     ConnectionError,
     TimeoutError,
 )

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm.kernels import (
+from farm.artifacts.kernels import (
     SUITES,
     KernelError,
     KernelImage,
@@ -45,7 +45,7 @@ from farm.kernels import (
 )
 
 BUILDER_VERSION = 1  # bump when the way a build is made changes (not its inputs)
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "guest" / "kernel"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "guest" / "kernel"
 ARCH = "x86_64"
 # kernel series -> the Debian suite whose linux-source-<series> package has it
 SERIES: dict[str, str] = {v: k for k, v in SUITES.items()}
@@ -232,7 +232,7 @@ def get_source(
 
     Without ``refresh`` an existing tarball is used as is (no network). The
     host's own suite installs the package with apt-get (it lands in /usr/src);
-    other suites are downloaded with the private apt of farm.kernels and only
+    other suites are downloaded with the private apt of farm.artifacts.kernels and only
     the tarball is kept, in ``cache_dir/kernels/sources/<version>/``.
     """
     say = progress or (lambda _msg: None)

@@ -45,11 +45,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from farm.db import dialect_insert
-from farm.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
-from farm.result import ResultError, TrialResult, clip, validate_result
+from farm.store.db import dialect_insert
+from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
+from farm.protocol import ResultError, TrialResult, clip, validate_result
 from farm.sanitize import clean_text
-from farm.storage import console_text
+from farm.store.storage import console_text
 from farm.triage.verdict import FINDING_KINDS, Verdict, judge
 
 MAX_REPORT_CHARS = 32 * 1024  # the example's report kept with its finding (head and tail)
@@ -136,7 +136,7 @@ def report_text(verdict: Verdict) -> str | None:
 def attach(session: Session, trial: Trial, verdict: Verdict, seen_at: datetime) -> int | None:
     """Count a newly recorded trial in its finding; returns the finding id (None: no finding).
 
-    Call once per trial, in the transaction that records it (farm.recorder
+    Call once per trial, in the transaction that records it (farm.store.recorder
     does): it sets trial.finding_id and trial.title and adds one to the
     finding's and the kernel/campaign counters.
     """

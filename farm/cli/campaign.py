@@ -13,10 +13,10 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 
-from farm import campaigns
-from farm.campaigns import CampaignError
-from farm.cli_support import FarmError, open_db, settings_from
-from farm.models import Campaign
+from farm.control import campaigns
+from farm.control.campaigns import CampaignError
+from farm.cli.support import FarmError, open_db, settings_from
+from farm.store.models import Campaign
 
 out = Console()
 
@@ -104,7 +104,7 @@ for _verb in campaigns.ACTIONS:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Every campaign with its status and progress."""
-    from farm.scheduler import progress
+    from farm.control.scheduler import progress
 
     with open_db(ctx) as sessions, sessions() as session:
         rows = session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200)).all()
@@ -132,7 +132,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context, name: str, watch: bool) -> None:
     """Progress, verdict counts and trials per hour of one campaign."""
-    from farm.scheduler import progress
+    from farm.control.scheduler import progress
 
     def render() -> tuple[Table, str]:
         with open_db(ctx) as sessions, sessions() as session:
@@ -181,8 +181,8 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: flo
 
     All state is in the database: stop it any time (SIGTERM) and start it again.
     """
-    from farm.scheduler import Scheduler
-    from farm.supervise import run_supervised
+    from farm.control.scheduler import Scheduler
+    from farm.control.supervise import run_supervised
     from workers.celery_app import app
 
     settings = settings_from(ctx)

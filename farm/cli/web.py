@@ -1,6 +1,6 @@
 """``farm web``: serve the results database over HTTP.
 
-Registered on the main group by farm.cli (``main.add_command(web)``). Uvicorn
+Registered on the main group by farm.cli.main (``main.add_command(web)``). Uvicorn
 serves the app; the schema is checked before it starts, so a database that was
 never migrated fails here with the fix instead of with 503s on every page.
 """
@@ -29,8 +29,8 @@ def web(ctx: click.Context, host: str, port: int, cache_ttl: float) -> None:
     import uvicorn
     from sqlalchemy import inspect
 
-    from farm.cli_support import FarmError, err, settings_from
-    from farm.db import DatabaseError, make_engine
+    from farm.cli.support import FarmError, err, settings_from
+    from farm.store.db import DatabaseError, make_engine
     from farm.settings import redact_url
     from farm.web.app import create_app
 
@@ -61,5 +61,5 @@ def web(ctx: click.Context, host: str, port: int, cache_ttl: float) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-if __name__ == "__main__":  # `python -m farm.web.cli` before farm.cli registers it
+if __name__ == "__main__":  # `python -m farm.cli.web` before farm.cli.main registers it
     web(obj={})
