@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.params import TrialParams
 from farm.control.search import ThompsonSampler, UniformSampler, cached_params
+from farm.params import TrialParams
 
 P_IN = 0.05
 P_OUT = 0.0005

@@ -16,9 +16,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from farm.settings import load_settings
 from farm.store.db import make_engine
 from farm.store.models import Base, JSONType, UTCDateTime
-from farm.settings import load_settings
 
 config = context.config
 target_metadata = Base.metadata

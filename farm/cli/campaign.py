@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 
+from farm.cli.support import FarmError, open_db, settings_from
 from farm.control import campaigns
 from farm.control.campaigns import CampaignError
-from farm.cli.support import FarmError, open_db, settings_from
 from farm.store.models import Campaign
 
 out = Console()

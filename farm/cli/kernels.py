@@ -30,8 +30,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from farm.cli.support import FarmError, settings_from
 from farm.artifacts.kernels import FLAVOURS, SUITES, KernelError, KernelImage, readable_by_qemu
+from farm.cli.support import FarmError, settings_from
 
 if TYPE_CHECKING:
     from farm.settings import Settings

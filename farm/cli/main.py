@@ -56,11 +56,11 @@ def guest_build(ctx: click.Context) -> None:
 @click.pass_context
 def demo(ctx: click.Context, trials: int, as_json: bool) -> None:
     """Run a short real campaign: SQLite, a local worker, a TCG NUMA guest."""
-    from farm.control.broker import BrokerError
-    from farm.store.db import DatabaseError
-    from farm.control.demo import run_demo, summary_table
     from farm.artifacts.guest_image import GuestImageError
     from farm.artifacts.kernels import KernelNotFound
+    from farm.control.broker import BrokerError
+    from farm.control.demo import run_demo, summary_table
+    from farm.store.db import DatabaseError
     from workers.connection import HypervisorError
 
     settings = settings_from(ctx)
@@ -130,8 +130,8 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Migrate the database to the newest schema (Alembic)."""
-    from farm.store.db import DatabaseError, upgrade
     from farm.settings import redact_url
+    from farm.store.db import DatabaseError, upgrade
 
     settings = settings_from(ctx)
     try:

@@ -10,12 +10,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from farm.cli.support import FarmError, open_db, settings_from
 from farm.control import campaigns
 from farm.control.campaigns import CampaignError
-from farm.cli.support import FarmError, open_db, settings_from
 from farm.control.minimize import minimize
-from farm.params import SeedToken, TokenError
 from farm.control.reproduce import Reproduction
+from farm.params import SeedToken, TokenError
 from farm.triage.verdict import judge
 
 
@@ -31,8 +31,8 @@ def _kernels(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
     """The named kernels, or the installed Debian kernel (registered on the way)."""
     if names:
         return list(names)
-    from farm.store.db import ensure_kernel
     from farm.artifacts.kernels import installed_kernel
+    from farm.store.db import ensure_kernel
 
     k = installed_kernel()
     with open_db(ctx) as sessions, sessions.begin() as session:

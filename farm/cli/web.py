@@ -30,8 +30,8 @@ def web(ctx: click.Context, host: str, port: int, cache_ttl: float) -> None:
     from sqlalchemy import inspect
 
     from farm.cli.support import FarmError, err, settings_from
-    from farm.store.db import DatabaseError, make_engine
     from farm.settings import redact_url
+    from farm.store.db import DatabaseError, make_engine
     from farm.web.app import create_app
 
     settings = settings_from(ctx)

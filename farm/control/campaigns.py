@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.store.models import Campaign, Kernel
 from farm.params import KNOBS, PRESETS, SeedToken, TokenError
+from farm.store.models import Campaign, Kernel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 

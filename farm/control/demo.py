@@ -19,12 +19,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.artifacts.guest_image import build_initramfs
 from farm.artifacts.kernels import installed_kernel
+from farm.control import campaigns
 from farm.control.local import check_hypervisor, run_locally
 from farm.settings import Settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 
 
 @dataclass

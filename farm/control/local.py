@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from farm.control.broker import local_redis
 from farm.control.localworker import LocalWorker
-from farm.protocol import TrialResult
 from farm.control.scheduler import Scheduler
+from farm.protocol import TrialResult
 from farm.settings import Settings
 from workers.connection import open_connection
 from workers.host import worker_queues

@@ -21,8 +21,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from farm.control import campaigns
 from farm.cli.support import FarmError, open_db, settings_from
+from farm.control import campaigns
 from farm.protocol import TrialResult
 from farm.triage.verdict import FINDING_KINDS, judge
 
@@ -80,9 +80,9 @@ def selftest(
     ctx: click.Context, trials: int, positive: str | None, negative: str | None, as_json: bool
 ) -> None:
     """Positive and negative controls: exit 0 when the farm finds the bug only where it is."""
-    from farm.store.db import ensure_kernel
     from farm.artifacts.kernels import cached_kernels, installed_kernel
     from farm.control.local import check_hypervisor, run_locally
+    from farm.store.db import ensure_kernel
 
     settings = settings_from(ctx)
     check_hypervisor(settings)

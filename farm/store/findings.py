@@ -45,10 +45,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from farm.store.db import dialect_insert
-from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
 from farm.protocol import ResultError, TrialResult, clip, validate_result
 from farm.sanitize import clean_text
+from farm.store.db import dialect_insert
+from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
 from farm.store.storage import console_text
 from farm.triage.verdict import FINDING_KINDS, Verdict, judge
 

@@ -246,7 +246,9 @@ class Finding(Base):
     last_seen: Mapped[datetime]
     # the first trial seen with this signature (its token reproduces it) and its report
     example_trial_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("trials.id"))
-    report: Mapped[str | None] = mapped_column(Text)  # bounded (farm.store.findings.MAX_REPORT_CHARS)
+    report: Mapped[str | None] = mapped_column(
+        Text
+    )  # bounded (farm.store.findings.MAX_REPORT_CHARS)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     example_trial: Mapped[Trial | None] = relationship(

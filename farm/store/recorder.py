@@ -49,12 +49,12 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import CursorResult, Executable, Table, Update, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from farm.store.db import dialect_insert, ensure_kernel
-from farm.store.findings import attach_row, finding_key, trial_detail, trial_title
-from farm.store.models import Campaign, Kernel, Trial, utcnow
 from farm.params import SeedToken, TokenError, TrialParams
 from farm.protocol import ResultError, TrialResult, validate_result
 from farm.sanitize import clean_json, clean_text
+from farm.store.db import dialect_insert, ensure_kernel
+from farm.store.findings import attach_row, finding_key, trial_detail, trial_title
+from farm.store.models import Campaign, Kernel, Trial, utcnow
 from farm.store.storage import CLEAN_CONSOLE_SAMPLE, console_columns
 from farm.triage.verdict import FINDING_KINDS, Verdict
 

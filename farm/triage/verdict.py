@@ -23,76 +23,69 @@ from dataclasses import dataclass
 
 from farm.protocol import TrialResult
 from farm.triage.console import Report, parse
+from farm.triage.kinds import FINDING_KINDS, KINDS, VerdictKind
 
-KINDS = (
-    "infra-error",
-    "invalid",
-    "guest-crash",
-    "hang",
-    "kernel-report",
-    "smaps-mismatch",
-    "counter-mismatch",
-    "clean",
-)
-FINDING_KINDS = frozenset(
-    {"guest-crash", "hang", "kernel-report", "smaps-mismatch", "counter-mismatch"}
-)
+__all__ = ["FINDING_KINDS", "KINDS", "Verdict", "VerdictKind", "judge"]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str
+    kind: VerdictKind
     title: str | None = None  # the finding's title; None for clean, invalid and infra-error
     detail: str | None = None
     report: Report | None = None
 
     @property
     def is_finding(self) -> bool:
-        return self.kind in FINDING_KINDS
+        return self.kind.finding
 
 
 def judge(result: TrialResult) -> Verdict:
     """The verdict of one recorded result (pure: ``farm triage rerun`` calls it again)."""
     if result.outcome == "infra-error":
-        return Verdict("infra-error", detail=result.error)
+        return Verdict(VerdictKind.INFRA_ERROR, detail=result.error)
     if result.outcome == "invalid-guest":
-        return Verdict("invalid", detail=result.error)
+        return Verdict(VerdictKind.INVALID, detail=result.error)
     reports = parse(result.console) if result.console else []
     fatal = next((r for r in reports if r.fatal), None)
     if result.outcome == "guest-died" or fatal is not None:
         title = fatal.title if fatal else (reports[0].title if reports else "guest died")
-        return Verdict("guest-crash", title=title, detail=result.error, report=fatal)
+        return Verdict(VerdictKind.GUEST_CRASH, title=title, detail=result.error, report=fatal)
     if result.outcome == "timeout":
         hang = next((r for r in reports if r.kind in ("HANG", "LOCKUP", "RCU_STALL")), None)
         title = hang.title if hang else "hang: no answer from the trial within its deadline"
-        return Verdict("hang", title=title, detail=result.error, report=hang)
+        return Verdict(VerdictKind.HANG, title=title, detail=result.error, report=hang)
     if reports:
         first = reports[0]
         more = f" (+{len(reports) - 1} more reports)" if len(reports) > 1 else ""
-        return Verdict("kernel-report", title=first.title, detail=first.title + more, report=first)
+        return Verdict(
+            VerdictKind.KERNEL_REPORT, title=first.title, detail=first.title + more, report=first
+        )
     if result.outcome != "ok" or result.program is None:
-        return Verdict("invalid", detail=result.error or f"outcome {result.outcome}")
+        return Verdict(VerdictKind.INVALID, detail=result.error or f"outcome {result.outcome}")
     program = result.program
     if program.numa_nodes < 2:
-        return Verdict("invalid", detail=f"guest had {program.numa_nodes} NUMA node(s)")
+        return Verdict(VerdictKind.INVALID, detail=f"guest had {program.numa_nodes} NUMA node(s)")
     if program.error:
-        return Verdict("invalid", detail=f"trial program: {program.error}")
+        return Verdict(VerdictKind.INVALID, detail=f"trial program: {program.error}")
     vma = program.vma
     if not vma.found or vma.rss_kb is None:
-        return Verdict("invalid", detail="the memfd VMA was not found in /proc/self/smaps")
+        return Verdict(
+            VerdictKind.INVALID, detail="the memfd VMA was not found in /proc/self/smaps"
+        )
     if vma.rss_kb != 0 or (vma.pss_shmem_kb or 0) != 0:
         return Verdict(
-            "smaps-mismatch",
+            VerdictKind.SMAPS_MISMATCH,
             title="smaps: memfd VMA keeps pages after punching every page",
             detail=f"Rss {vma.rss_kb} kB, Pss_Shmem {vma.pss_shmem_kb} kB after punch (want 0)",
         )
     rss = program.rss_shmem_kb
     if rss.before is None or rss.punched is None:
-        return Verdict("invalid", detail="RssShmem missing from /proc/self/status")
+        return Verdict(VerdictKind.INVALID, detail="RssShmem missing from /proc/self/status")
     if rss.punched != rss.before:
         return Verdict(
-            "counter-mismatch",
+            VerdictKind.COUNTER_MISMATCH,
             title="RssShmem does not return to its baseline after punch",
             detail=f"RssShmem {rss.before} kB before populate, {rss.punched} kB after punch",
         )
-    return Verdict("clean")
+    return Verdict(VerdictKind.CLEAN)

@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.control import campaigns
-from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import SeedToken, TokenError
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.web import schemas as s
 from farm.web.cache import TTLCache
 from farm.web.queries import campaign_summary, status_counts

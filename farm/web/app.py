@@ -29,8 +29,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from farm.store import db
 from farm.settings import Settings
+from farm.store import db
 from farm.web import charts, text
 from farm.web.actions import ActionError
 from farm.web.auth import Refused

@@ -52,10 +52,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from farm.store import models
 from farm.control.campaigns import ACTIONS, TRANSITIONS
-from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.params import KNOBS, PLACEMENTS, PUNCH_METHODS
+from farm.store import models
+from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.triage.verdict import FINDING_KINDS, KINDS
 from farm.web import schemas as s
 from farm.web.cache import TTLCache

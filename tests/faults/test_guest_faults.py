@@ -36,13 +36,13 @@ import pytest
 from celery import Celery
 from private_services import RedisServer, in_flight, runs_per_trial, tally, wait_for
 
-from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.artifacts.kernels import installed_kernel
+from farm.control import campaigns
 from farm.control.localworker import LocalWorker
-from farm.protocol import TrialResult
 from farm.control.scheduler import Scheduler
+from farm.protocol import TrialResult
 from farm.settings import load_settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from workers.host import worker_queues
 from workers.vm import READY_GRACE_S
 
@@ -239,7 +239,7 @@ def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(
 
     trigger = Trigger(farm, trial_id, 2.0, kill)
     try:
-        result = farm.drive(farm.control.scheduler(60), trial_id, 300, trigger)
+        result = farm.drive(farm.scheduler(60), trial_id, 300, trigger)
     finally:
         second.stop()
     assert trigger.domain is not None and trigger.fired_at is not None
@@ -269,7 +269,7 @@ def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(
 
     trigger = Trigger(farm, trial_id, 0.5, freeze)
     try:
-        result = farm.drive(farm.control.scheduler(deadline_s), trial_id, 120, trigger)
+        result = farm.drive(farm.scheduler(deadline_s), trial_id, 120, trigger)
     finally:
         for pid in stopped:  # only matters if the worker failed to destroy it
             with contextlib.suppress(ProcessLookupError):
@@ -300,7 +300,7 @@ def test_a_guest_kernel_panic_is_a_crash_verdict_and_the_pool_recovers(
         )
 
     trigger = Trigger(farm, trial_id, 1.0, panic)
-    result = farm.drive(farm.control.scheduler(60), trial_id, 120, trigger)
+    result = farm.drive(farm.scheduler(60), trial_id, 120, trigger)
     assert trigger.fired_at is not None and trigger.domain is not None
     took = farm.recorded_at[trial_id] - trigger.fired_at
     print(f"[guest panic] verdict {took:.1f} s after the machine check")

@@ -28,11 +28,11 @@ from fastapi.testclient import TestClient
 from private_services import Tally
 from sqlalchemy import select as sql_select
 
-from farm.store.db import make_engine, session_factory, upgrade
 from farm.artifacts.guest_image import GUEST_DIR, compile_static
+from farm.protocol import MAX_CONSOLE_BYTES, MAX_OUTPUT_BYTES, TrialResult
+from farm.store.db import make_engine, session_factory, upgrade
 from farm.store.models import Trial
 from farm.store.recorder import record_many
-from farm.protocol import MAX_CONSOLE_BYTES, MAX_OUTPUT_BYTES, TrialResult
 from farm.triage.verdict import judge
 from farm.web import create_app
 from workers.channel import MAX_FRAME, ChannelError, FrameDecoder, encode

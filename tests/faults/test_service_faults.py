@@ -31,10 +31,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.control.localworker import LocalWorker
-from farm.store.models import Campaign, Trial
 from farm.settings import load_settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.store.models import Campaign, Trial
 from workers.host import queues_for
 
 pytestmark = [pytest.mark.faults]
@@ -173,7 +173,7 @@ def test_redis_restart_mid_campaign_loses_nothing(
         )
         result.show()
         assert finished, farm.logs()
-        assert farm.control.scheduler is not None and farm.control.scheduler.poll() is None, farm.logs()
+        assert farm.scheduler is not None and farm.scheduler.poll() is None, farm.logs()
         assert all(w.alive() for w in farm.workers), farm.logs()
         assert (result.lost, result.duplicates, result.recorded) == (0, 0, TRIALS)
         assert farm.verdicts(name) == {"clean": TRIALS}, farm.not_clean(name)
@@ -210,7 +210,7 @@ def test_postgres_gone_for_30_s_mid_campaign_loses_nothing(
         private_postgres.stop("fast")
         down_since = time.monotonic()
         time.sleep(OUTAGE_S)
-        assert farm.control.scheduler is not None and farm.control.scheduler.poll() is None, farm.logs()
+        assert farm.scheduler is not None and farm.scheduler.poll() is None, farm.logs()
         private_postgres.start()
         back_at = time.monotonic()
         finished = wait_for(lambda: farm.done(name) == TRIALS, 120)
@@ -227,7 +227,7 @@ def test_postgres_gone_for_30_s_mid_campaign_loses_nothing(
             f"{time.monotonic() - back_at:.1f} s after the database came back"
         )
         assert finished, farm.logs()
-        assert farm.control.scheduler.poll() is None, farm.logs()
+        assert farm.scheduler.poll() is None, farm.logs()
         assert (result.lost, result.duplicates, result.recorded) == (0, 0, TRIALS)
         assert farm.verdicts(name) == {"clean": TRIALS}, farm.not_clean(name)
     finally:

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.artifacts.kernels import fetch_debian, installed_kernel
+from farm.control import campaigns
 from farm.control.localworker import LocalWorker
-from farm.store.models import Campaign, Trial
 from farm.control.scheduler import Scheduler
 from farm.settings import load_settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.store.models import Campaign, Trial
 from workers.host import worker_queues
 
 pytestmark = [pytest.mark.vm, pytest.mark.redis]

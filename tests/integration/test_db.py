@@ -16,9 +16,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from farm.params import SeedToken
+from farm.protocol import ResultError, TrialResult, validate_result
 from farm.store import db
 from farm.store.models import Base, Campaign, Kernel, Trial
-from farm.params import SeedToken
 from farm.store.recorder import (
     RecorderError,
     RecordOutcome,
@@ -27,7 +28,6 @@ from farm.store.recorder import (
     record,
     record_many,
 )
-from farm.protocol import ResultError, TrialResult, validate_result
 
 TOKEN = "zf1-8188e2f542964e0c"
 FARM_TABLES = {"kernels", "campaigns", "trials", "findings", "finding_counts", "workers"}

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, result_dict, schema_diff, table_names
 from threads import run_threads
 
+from farm.protocol import TrialResult, validate_result
 from farm.store import db
 from farm.store.findings import (
     MAX_REPORT_CHARS,
@@ -23,7 +24,6 @@ from farm.store.findings import (
 )
 from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.store.recorder import RecordOutcome, enqueue, record, record_many
-from farm.protocol import TrialResult, validate_result
 from farm.triage.verdict import Verdict, judge
 
 RSS_SPLAT = "BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:-1\n"

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.artifacts.kernels import KernelImage, installed_kernel
+from farm.control import campaigns
 from farm.control.localworker import LocalWorker
-from farm.store.models import Trial
-from farm.protocol import TrialResult
 from farm.control.scheduler import Scheduler
+from farm.protocol import TrialResult
 from farm.settings import load_settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.store.models import Trial
 from farm.triage.verdict import judge
 from workers.host import worker_queues
 

@@ -37,12 +37,12 @@ from private_services import (
 )
 from sqlalchemy import select
 
-from farm.control import campaigns
-from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.artifacts.kernels import installed_kernel
+from farm.control import campaigns
 from farm.control.localworker import LocalWorker
-from farm.store.models import Campaign, Trial
 from farm.settings import load_settings
+from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
+from farm.store.models import Campaign, Trial
 from workers.host import queues_for
 
 pytestmark = [pytest.mark.multihost]

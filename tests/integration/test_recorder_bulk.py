@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from test_db import TOKEN, add_kernel, count, result, result_dict
 from threads import run_threads
 
+from farm.params import SeedToken
+from farm.protocol import ResultError, TrialResult, validate_result
 from farm.store import recorder
 from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
-from farm.params import SeedToken
 from farm.store.recorder import (
     NewTrial,
     RecorderError,
@@ -26,7 +27,6 @@ from farm.store.recorder import (
     record,
     record_many,
 )
-from farm.protocol import ResultError, TrialResult, validate_result
 from farm.triage.verdict import judge
 
 OTHER = "zf1-00000000000000ff"

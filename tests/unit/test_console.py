@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from farm.triage import console
 from farm.cli.triage import triage
+from farm.triage import console
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "console"
 SAMPLES = sorted(p for p in DATA.iterdir() if p.is_file() and not p.name.endswith(".md"))

@@ -1,4 +1,4 @@
-"""farm/artifacts/kernels.py, farm/artifacts/kernelbuild.py and `farm kernels`: what works without a mirror.
+"""farm.artifacts.kernels, kernelbuild and `farm kernels`: what works without a mirror.
 
 Names and flavours are refused naming the valid ones; a custom image must be a
 real bzImage and lands world-readable in the cache and in the database; the
@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from farm.artifacts import kernelbuild, kernels
-from farm.cli.kernels import kernels as kernels_group
 from farm.artifacts.kernelbuild import BuildSpec, build_key, build_name, fragments_for, patches_for
 from farm.artifacts.kernels import KernelError
+from farm.cli.kernels import kernels as kernels_group
 
 
 def make_bzimage(path: Path, version_text: bytes = b"6.1.0-zap (zapfarm@zapfarm) #1 SMP") -> Path:
@@ -131,7 +131,7 @@ def test_installed_kernel_still_works(tmp_path: Path) -> None:
 
 def test_add_and_list(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    env = {"FARM_CACHE_DIR": str(cache), "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/farm.store.db"}
+    env = {"FARM_CACHE_DIR": str(cache), "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/farm.db"}
     image = make_bzimage(tmp_path / "bzImage")
     runner = CliRunner()
 
@@ -179,7 +179,7 @@ def test_add_refuses_a_name_taken_in_the_database(tmp_path: Path) -> None:
     """The database is the authority: a name registered elsewhere with another image."""
     env = {
         "FARM_CACHE_DIR": str(tmp_path / "a"),
-        "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/farm.store.db",
+        "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/farm.db",
     }
     runner = CliRunner()
     first = runner.invoke(

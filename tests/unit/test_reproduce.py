@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from farm.cli.main import main
 from farm.control.minimize import candidates, minimize
-from farm.params import SeedToken
 from farm.control.reproduce import Reproduction, wilson
+from farm.params import SeedToken
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import statistics
 
 import pytest
 
-from farm.params import KNOBS, SeedToken, TrialParams
 from farm.control.search import (
     DEFAULT_BINS,
     LOG_KNOBS,
@@ -22,6 +21,7 @@ from farm.control.search import (
     make_sampler,
     sampler_from_state,
 )
+from farm.params import KNOBS, SeedToken, TrialParams
 
 
 def test_default_domains_are_what_seeds_draw() -> None:

@@ -9,8 +9,8 @@ import pytest
 import redis
 from sqlalchemy.exc import OperationalError
 
-from farm.store.db import DatabaseUnavailable
 from farm.control.supervise import is_outage, run_supervised
+from farm.store.db import DatabaseUnavailable
 
 
 class Flaky:

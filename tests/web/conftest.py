@@ -23,12 +23,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.control import campaigns
-
+from farm.params import SeedToken
+from farm.protocol import TrialResult, validate_result
 from farm.store import db, models
 from farm.store.models import Campaign, Finding, Kernel, Trial
-from farm.params import SeedToken
 from farm.store.recorder import enqueue, mark_running, record
-from farm.protocol import TrialResult, validate_result
 from farm.triage.verdict import judge
 from farm.web import create_app
 

@@ -9,8 +9,8 @@ import uvicorn
 from click.testing import CliRunner
 from fastapi import FastAPI
 
-from farm.store import db
 from farm.cli.web import web
+from farm.store import db
 
 
 def test_unmigrated_database_names_the_fix(
