@@ -29,10 +29,12 @@ from farm.store import db
 # The suite's own broker and result backend: Redis databases nobody else uses, emptied
 # at the start, so messages left by an interrupted run (or a real farm on this Redis)
 # never reach a test's workers. Set before anything imports workers.celery_app.
-# FARM_TEST_REDIS_DBS="N,M" picks other databases, so two suites can share one Redis.
+# FARM_TEST_REDIS_DBS="N,M" picks other databases (FARM_TEST_REDIS="host:port" another
+# server), so two suites can share one machine.
 _DBS = os.environ.get("FARM_TEST_REDIS_DBS", "14,15").split(",")
-TEST_BROKER_URL = f"redis://127.0.0.1:6379/{_DBS[0]}"
-TEST_RESULT_BACKEND = f"redis://127.0.0.1:6379/{_DBS[1]}"
+_REDIS = os.environ.get("FARM_TEST_REDIS", "127.0.0.1:6379")
+TEST_BROKER_URL = f"redis://{_REDIS}/{_DBS[0]}"
+TEST_RESULT_BACKEND = f"redis://{_REDIS}/{_DBS[1]}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
