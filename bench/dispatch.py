@@ -25,10 +25,10 @@ from sqlalchemy import func, select
 from farm.control import campaigns
 from farm.control.localworker import LocalWorker
 from farm.control.scheduler import Scheduler
+from farm.protocol import PING_TASK, kernel_queue
 from farm.settings import load_settings
 from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.store.models import Trial
-from workers.celery_app import PING_TASK, kernel_queue
 from workers.host import queues_for
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,4 +1,4 @@
-"""What a worker returns for one trial, validated and bounded.
+"""The wire between the planes: task and queue names, and what a worker returns.
 
 Guest output is untrusted: a guest kernel can print anything, and the trial
 program runs on the kernel under test. Everything that crosses from the guest
@@ -13,6 +13,12 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Celery task names and queues: the scheduler sends by name, workers register them.
+TRIAL_TASK = "zapfarm.run_trial"
+BATCH_TASK = "zapfarm.run_batch"
+PING_TASK = "zapfarm.ping"
+QUEUE_PREFIX = "zapfarm.k."
 
 MAX_CONSOLE_BYTES = 256 * 1024  # console excerpt kept with one trial
 MAX_OUTPUT_BYTES = 64 * 1024  # the trial program's stdout, as the agent relays it
@@ -123,6 +129,23 @@ class TrialResult(_Strict):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def kernel_queue(kernel_name: str) -> str:
+    """The queue of trials for one kernel; workers that have the kernel consume it."""
+    return QUEUE_PREFIX + kernel_name
+
+
+def trial_message(
+    trial_id: str, token: str, kernel_name: str, kernel_path: str, deadline_s: float
+) -> dict[str, Any]:
+    """What the control plane sends for one trial: the token is the only parameter source."""
+    return {
+        "trial_id": trial_id,
+        "token": token,
+        "kernel": {"name": kernel_name, "path": kernel_path},
+        "deadline_s": deadline_s,
+    }
 
 
 class ResultError(ValueError):

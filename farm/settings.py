@@ -93,7 +93,7 @@ class Settings:
     worker_name: str = field(default_factory=socket.gethostname)
     # Redis redelivers a message nobody acknowledged after this long: keep it above the
     # longest batch (its hard time limit), or a slow batch runs twice. 2 x the trial hard
-    # limit of workers/celeryconfig.py; tests lower it to see redelivery within seconds.
+    # limit of farm/celeryconfig.py; tests lower it to see redelivery within seconds.
     visibility_timeout_s: int = 960
     web_token: str | None = None
     config_file: Path | None = None  # where the values came from; not a key

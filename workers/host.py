@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from workers.celery_app import kernel_queue
+from farm.protocol import kernel_queue
 
 
 def can_limit_cpu(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:

@@ -13,9 +13,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_shutdown
 
 from farm.artifacts.guest_image import build_initramfs
-from farm.protocol import TrialResult
+from farm.protocol import BATCH_TASK, PING_TASK, TRIAL_TASK, TrialResult
 from farm.settings import Settings, load_settings
-from workers.celery_app import BATCH_TASK, PING_TASK, TRIAL_TASK, app
+from workers.celery_app import app
 from workers.connection import open_connection
 from workers.disk import tidy
 from workers.pool import GuestPool

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -656,58 +656,3 @@ def fetch_debian(
 
 
 # --- the database ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KernelRow:
-    name: str
-    release: str
-    source: str
-    sha256: str | None
-    path: str | None
-    present: bool
-
-
-def register(database_url: str, image: KernelImage) -> None:
-    """Record the image in the database (schema upgraded first); idempotent.
-
-    Raises farm.store.db.KernelConflict when the name already stands for another image.
-    """
-    from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
-
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with session_factory(engine).begin() as session:
-            ensure_kernel(
-                session, image.name, image.release, str(image.path), image.sha256, image.source
-            )
-    finally:
-        engine.dispose()
-
-
-def list_kernels(database_url: str) -> list[KernelRow]:
-    """Every registered kernel, and whether its image is still on this host's disk."""
-    from sqlalchemy import select
-
-    from farm.store.db import make_engine, session_factory, upgrade
-    from farm.store.models import Kernel
-
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with session_factory(engine)() as session:
-            rows: Iterable[Kernel] = session.scalars(select(Kernel).order_by(Kernel.name))
-            return [
-                KernelRow(
-                    name=k.name,
-                    release=k.release,
-                    source=k.source,
-                    sha256=k.sha256,
-                    path=k.image_path,
-                    present=bool(k.image_path) and Path(str(k.image_path)).is_file(),
-                )
-                for k in rows
-            ]
-    finally:
-        engine.dispose()

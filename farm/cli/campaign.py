@@ -183,9 +183,10 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: flo
     """
     from farm.control.scheduler import Scheduler
     from farm.control.supervise import run_supervised
-    from workers.celery_app import app
+    from farm.transport import make_app
 
     settings = settings_from(ctx)
+    app = make_app(settings)
     stopping = False
 
     def stop(*_: object) -> None:

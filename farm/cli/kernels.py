@@ -51,8 +51,8 @@ def _errors() -> Iterator[None]:
 
 
 def _register(settings: Settings, image: KernelImage) -> None:
-    from farm.artifacts.kernels import register
     from farm.settings import redact_url
+    from farm.store.registry import register
 
     register(settings.database_url, image)
     err.print(f"registered [bold]{image.name}[/] in {redact_url(settings.database_url)}")
@@ -134,7 +134,7 @@ def add(ctx: click.Context, path: Path, name: str, release: str | None) -> None:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Every registered kernel, and whether its image is on this host's disk."""
-    from farm.artifacts.kernels import list_kernels
+    from farm.store.registry import list_kernels
 
     settings = settings_from(ctx)
     with _errors():

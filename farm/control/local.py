@@ -19,6 +19,7 @@ from farm.control.localworker import LocalWorker
 from farm.control.scheduler import Scheduler
 from farm.protocol import TrialResult
 from farm.settings import Settings
+from farm.transport import make_app
 from workers.connection import open_connection
 from workers.host import worker_queues
 
@@ -40,8 +41,7 @@ def run_locally(
     stop_early: Callable[[], bool] = lambda: False,
 ) -> list[tuple[TrialResult, str]]:
     """Schedule running campaigns with a worker started here until ``trials`` are recorded."""
-    from workers.celery_app import app  # after settings are final: the app reads them
-
+    app = make_app(settings)
     recorded: list[tuple[TrialResult, str]] = []
     with local_redis(settings.broker_url), LocalWorker(settings, worker_queues(kernels)) as worker:
         columns = (

@@ -42,11 +42,17 @@ from farm.control.broker import known_task_ids
 from farm.control.campaigns import CampaignSpec
 from farm.control.search import Sampler, ThompsonSampler, UniformSampler
 from farm.params import PRESETS, SeedToken
-from farm.protocol import ResultError, TrialResult, validate_result
+from farm.protocol import (
+    BATCH_TASK,
+    ResultError,
+    TrialResult,
+    kernel_queue,
+    trial_message,
+    validate_result,
+)
 from farm.store.models import Campaign, Kernel, Trial, Worker
 from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
 from farm.triage.verdict import judge
-from workers.celery_app import BATCH_TASK, kernel_queue, trial_message
 
 log = logging.getLogger(__name__)
 

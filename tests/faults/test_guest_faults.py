@@ -77,7 +77,7 @@ class GuestFarm:
         self.workers: list[LocalWorker] = []
         self.add_worker()
         self.app = Celery("zapfarm", broker=redis.url(0), backend=redis.url(1))
-        self.app.config_from_object("workers.celeryconfig")
+        self.app.config_from_object("farm.celeryconfig")
         self.domains: set[str] = set()  # every guest these workers were seen to run
         self.results: dict[str, TrialResult] = {}
         self.verdicts: dict[str, str] = {}

@@ -22,10 +22,10 @@ from sqlalchemy.orm import selectinload
 from farm.control import campaigns
 from farm.control.localworker import LocalWorker
 from farm.control.scheduler import Scheduler
+from farm.protocol import kernel_queue
 from farm.settings import load_settings
 from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.store.models import Campaign, Trial, Worker
-from workers.celery_app import kernel_queue
 from workers.host import queues_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
