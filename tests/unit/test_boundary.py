@@ -55,7 +55,9 @@ def test_data_plane_source_never_names_the_store(path: str) -> None:
 
 def test_the_static_check_sees_lazy_imports(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text("def f():\n    from farm.store.db import make_engine\n    import sqlalchemy\n")
+    sample.write_text(
+        "def f():\n    from farm.store.db import make_engine\n    import sqlalchemy\n"
+    )
     assert forbidden(imported_names(sample)) == [
         "farm.store.db",
         "farm.store.db.make_engine",
