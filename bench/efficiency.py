@@ -15,14 +15,14 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 from farm.artifacts.guest_image import build_initramfs
 from farm.artifacts.kernels import installed_kernel
 from farm.params import SeedToken
 from farm.settings import load_settings
 from workers.connection import open_connection
-from workers.vm import Guest, GuestConfig
+from workers.pool import GuestPool
+from workers.vm import Guest
 
 
 def run(guest: Guest, n: int, pages: int, first: int) -> list[float]:
@@ -46,15 +46,8 @@ def main() -> None:
     settings = load_settings()
     conn = open_connection(settings.libvirt_uri)
     kernel = installed_kernel()
-    config = GuestConfig(
-        kernel_name=kernel.name,
-        kernel=kernel.path,
-        initrd=build_initramfs(settings.cache_dir),
-        console_dir=Path(settings.cache_dir) / "consoles",
-        virt_type=settings.virt_type or "qemu",
-        memory_mb=settings.guest_memory_mb,
-        cpus=settings.guest_cpus,
-    )
+    pool = GuestPool.from_settings(conn, settings, build_initramfs(settings.cache_dir))
+    config = pool.config(kernel.name, kernel.path)
 
     fresh_in_guest, fresh_wall, boots = 0.0, 0.0, []
     for i in range(args.fresh):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import libvirt
 
+from farm.settings import Settings
 from workers.domain import find_emulator
 from workers.probe import detect_virt_type
 from workers.vm import Guest, GuestConfig
@@ -35,29 +36,42 @@ class GuestPool:
     reboot_every: int = 50
     guests: dict[str, Guest] = field(default_factory=dict)
 
+    @classmethod
+    def from_settings(
+        cls, conn: libvirt.virConnect, settings: Settings, initrd: Path
+    ) -> GuestPool:
+        """The one place guest settings become a pool (and so every GuestConfig)."""
+        return cls(
+            conn=conn,
+            initrd=initrd,
+            console_dir=settings.cache_dir / "consoles",
+            virt_type=settings.virt_type,
+            probe_cache=settings.cache_dir / "host-probe.json",
+            memory_mb=settings.guest_memory_mb,
+            cpus=settings.guest_cpus,
+            boot_deadline_s=settings.boot_deadline_s,
+        )
+
     def config(self, kernel_name: str, kernel: Path) -> GuestConfig:
+        """The guest shape for this kernel; probes KVM against TCG on first use."""
         if self.virt_type is None:
             self.virt_type = self._probe(kernel_name, kernel)
+        return self._config(kernel_name, kernel, self.virt_type)
+
+    def _config(self, kernel_name: str, kernel: Path, virt_type: str) -> GuestConfig:
         return GuestConfig(
             kernel_name=kernel_name,
             kernel=kernel,
             initrd=self.initrd,
             console_dir=self.console_dir,
-            virt_type=self.virt_type,
+            virt_type=virt_type,
             memory_mb=self.memory_mb,
             cpus=self.cpus,
             boot_deadline_s=self.boot_deadline_s,
         )
 
     def _probe(self, kernel_name: str, kernel: Path) -> str:
-        base = GuestConfig(
-            kernel_name=kernel_name,
-            kernel=kernel,
-            initrd=self.initrd,
-            console_dir=self.console_dir,
-            memory_mb=self.memory_mb,
-            cpus=self.cpus,
-        )
+        base = self._config(kernel_name, kernel, "qemu")
         return detect_virt_type(
             lambda virt, deadline: Guest(
                 self.conn, dataclasses.replace(base, virt_type=virt, boot_deadline_s=deadline)

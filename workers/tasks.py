@@ -53,16 +53,7 @@ def guest_pool() -> GuestPool:
         log.warning("reaped orphan guests: %s", ", ".join(reaped))
     tidy(settings.cache_dir)  # a replaced process (killed child) may have left its console
     initrd = build_initramfs(settings.cache_dir)
-    pool = GuestPool(
-        conn=conn,
-        initrd=initrd,
-        console_dir=settings.cache_dir / "consoles",
-        virt_type=settings.virt_type,
-        probe_cache=settings.cache_dir / "host-probe.json",
-        memory_mb=settings.guest_memory_mb,
-        cpus=settings.guest_cpus,
-        boot_deadline_s=settings.boot_deadline_s,
-    )
+    pool = GuestPool.from_settings(conn, settings, initrd)
     _pool, _pool_pid = pool, os.getpid()
     return pool
 

@@ -323,7 +323,8 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
     from farm.artifacts.guest_image import GuestImageError, build_initramfs
     from farm.params import params_for
     from workers.connection import HypervisorError, open_connection
-    from workers.vm import Guest, GuestConfig, GuestError
+    from workers.pool import GuestPool
+    from workers.vm import Guest, GuestError
 
     settings = settings_from(ctx)
     started = time.monotonic()
@@ -335,16 +336,8 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
         conn = open_connection(settings.libvirt_uri)
     except (KernelError, GuestImageError, HypervisorError, ValueError) as exc:
         raise FarmError(str(exc)) from exc
-    config = GuestConfig(
-        kernel_name=image.name,
-        kernel=image.path,
-        initrd=initrd,
-        console_dir=settings.cache_dir / "consoles",
-        virt_type=settings.virt_type or "qemu",
-        memory_mb=settings.guest_memory_mb,
-        cpus=settings.guest_cpus,
-        boot_deadline_s=settings.boot_deadline_s,
-    )
+    with err.status("probing KVM against TCG (cached per host)"):
+        config = GuestPool.from_settings(conn, settings, initrd).config(image.name, image.path)
     guest = Guest(conn, config)
     try:
         with err.status(f"booting {image.name} ({config.virt_type})"):

@@ -4,7 +4,9 @@ As in syzkaller's repro, a seed is run several times (default 10) per
 kernel; as in ClusterFuzz, a finding is *reliable* when at least half of the
 runs hit it, and *flaky* otherwise (flagged, never dropped). A run "hits"
 when its verdict is a finding kind (kernel report, oracle mismatch, crash,
-hang); infrastructure errors are not runs at all.
+hang). What counts as a run is ``farm.triage.kinds.is_run``: infrastructure
+errors and invalid trials tested nothing and are counted apart, the same rule
+the web's reproducibility column and minimisation use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.triage.verdict import FINDING_KINDS
+from farm.triage.kinds import VerdictKind, is_finding, is_run
 
 RELIABLE_RATE = 0.5  # ClusterFuzz's bar
 Z95 = 1.959963984540054
@@ -58,17 +60,21 @@ class KernelTally:
 class Reproduction:
     token: str
     kernels: dict[str, KernelTally] = field(default_factory=lambda: defaultdict(KernelTally))
-    infra_errors: int = 0
+    untested: Counter[str] = field(default_factory=Counter)  # verdict -> trials, not runs
     campaign: str = ""
 
+    @property
+    def infra_errors(self) -> int:
+        return self.untested[VerdictKind.INFRA_ERROR]
+
     def add(self, kernel: str, verdict: str, title: str | None = None) -> None:
-        if verdict == "infra-error":
-            self.infra_errors += 1
+        if not is_run(verdict):
+            self.untested[verdict] += 1
             return
         tally = self.kernels[kernel]
         tally.runs += 1
         tally.verdicts[verdict] += 1
-        if verdict in FINDING_KINDS:
+        if is_finding(verdict):
             tally.hits += 1
             tally.titles[title or verdict] += 1
 
@@ -85,5 +91,6 @@ class Reproduction:
             "ci95": [round(lo, 4), round(hi, 4)],
             "reliable": runs > 0 and hits / runs >= RELIABLE_RATE,
             "infra_errors": self.infra_errors,
+            "invalid": self.untested[VerdictKind.INVALID],
             "kernels": {name: tally.to_json() for name, tally in sorted(self.kernels.items())},
         }

@@ -56,9 +56,6 @@ from farm.triage.verdict import judge
 
 log = logging.getLogger(__name__)
 
-ANOMALOUS = frozenset(
-    {"kernel-report", "smaps-mismatch", "counter-mismatch", "guest-crash", "hang"}
-)
 HEARTBEAT_EVERY_S = 15.0
 
 
@@ -331,7 +328,7 @@ class Scheduler:
                 continue
             campaign_name = result.trial_id.rsplit("-", 1)[0]
             by_campaign.setdefault(campaign_name, []).append(
-                (result.token, verdict.kind in ANOMALOUS)
+                (result.token, verdict.is_finding)
             )
         if not by_campaign:
             return

@@ -36,8 +36,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 CAMPAIGN_STATUSES = ("created", "running", "paused", "stopped", "done")
 TRIAL_STATUSES = ("queued", "running", "done")
-# The spine's verdicts. Deliberately not a constraint: triage adds kinds later.
-VERDICTS = ("clean", "anomaly", "invalid", "infra-error")
+# Verdicts are farm.triage.kinds.VerdictKind values; deliberately not a constraint, so
+# that adding a kind needs no migration.
 # "gone": no trial has the signature any more (after `farm triage rerun`); the row
 # stays so that links from bug reports keep working. fixed/invalid are set by people.
 FINDING_STATUSES = ("open", "fixed", "invalid", "gone")

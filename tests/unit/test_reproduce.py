@@ -32,14 +32,15 @@ def test_wilson_rejects_impossible_counts() -> None:
     assert wilson(0, 0) == (0.0, 1.0)
 
 
-def test_tally_counts_findings_not_infra_errors() -> None:
+def test_tally_counts_findings_not_infra_errors_nor_invalid_trials() -> None:
     r = Reproduction("zf2-0000000000000001")
     for verdict in ["kernel-report"] * 6 + ["clean"] * 4:
         r.add("k1", verdict, "WARNING in zap_pte_range")
     r.add("k1", "infra-error")
+    r.add("k1", "invalid")  # tested nothing (e.g. one NUMA node): not a run
     r.add("k2", "clean")
     out = r.to_json()
-    assert (out["runs"], out["hits"], out["infra_errors"]) == (11, 6, 1)
+    assert (out["runs"], out["hits"], out["infra_errors"], out["invalid"]) == (11, 6, 1, 1)
     assert out["kernels"]["k1"]["reliable"] is True  # 6/10 >= 50%
     assert out["kernels"]["k1"]["titles"] == {"WARNING in zap_pte_range": 6}
     assert out["kernels"]["k2"] == {
