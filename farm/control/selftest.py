@@ -1,4 +1,4 @@
-"""``farm selftest``: prove the farm detects the bug it exists for, and nothing on a fixed kernel.
+"""The farm's controls: prove the farm detects the bug it exists for, and nothing on a fixed kernel.
 
 - Positive control: a kernel built with the upstream fix (5abfd71d936a)
   reverted and ``WARN_ON_ONCE(is_migration_entry(entry))`` at the skip site
@@ -12,18 +12,16 @@ A farm that has never detected a known bug proves nothing; this is its proof.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 from rich.console import Console
-from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
 
-from farm.cli.support import FarmError, open_db, settings_from
 from farm.control import campaigns
 from farm.protocol import TrialResult
+from farm.settings import Settings
 from farm.triage.verdict import FINDING_KINDS, judge
 
 # zap_pte_range() is static: where the compiler inlines it (the small builds do), the
@@ -70,93 +68,70 @@ def default_positive(cache_dir: Any) -> str | None:
     return built[-1] if built else None
 
 
-@click.command()
-@click.option("--trials", default=40, show_default=True, help="budget of each control")
-@click.option("--positive", help="fix-reverted, WARN-instrumented kernel (default: newest built)")
-@click.option("--negative", help="stock kernel (default: the installed Debian kernel)")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary as the last line")
-@click.pass_context
-def selftest(
-    ctx: click.Context, trials: int, positive: str | None, negative: str | None, as_json: bool
-) -> None:
-    """Positive and negative controls: exit 0 when the farm finds the bug only where it is."""
+class ControlError(ValueError):
+    """A control that cannot run; the message names the fix."""
+
+
+def run_controls(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    positive: str,
+    negative: str,
+    trials: int,
+    console: Console,
+) -> tuple[Control, Control]:
+    """Run both controls with the same budget on this machine; the kernels must be known."""
     from farm.artifacts.kernels import cached_kernels, installed_kernel
-    from farm.control.local import check_hypervisor, run_locally
+    from farm.control.local import run_locally
     from farm.store.db import ensure_kernel
 
-    settings = settings_from(ctx)
-    check_hypervisor(settings)
-    positive = positive or default_positive(settings.cache_dir)
-    if positive is None:
-        raise FarmError(
-            "no positive-control kernel: build one with "
-            "`farm kernels build --source 6.1 --instrument warn --revert-fix`"
-        )
-    stock = installed_kernel()
-    negative = negative or stock.name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     controls = {
         positive: Control(positive, f"selftest-positive-{stamp}"),
         negative: Control(negative, f"selftest-negative-{stamp}"),
     }
-    with open_db(ctx) as sessions:
-        with sessions.begin() as session:
-            ensure_kernel(
-                session, stock.name, stock.release, str(stock.path), stock.sha256, stock.source
-            )
-            for k in cached_kernels(settings.cache_dir):
-                ensure_kernel(session, k.name, k.release, str(k.path), k.sha256 or None, k.source)
-            for control in controls.values():
-                spec = campaigns.parse_spec(
-                    {
-                        "name": control.campaign,
-                        "kernels": [control.kernel],
-                        "concurrency": 2,
-                        "budget": {"trials": trials},
-                        # the race needs pages and rounds; VM throttling only slows it down here
-                        "ranges": {"pages": [1024, 8192]},
-                        "params": {"cpu_quota_pct": 100, "vcpu_pin": "none"},
-                    },
-                    "selftest",
-                )
-                try:
-                    campaigns.transition(campaigns.create(session, spec), "running")
-                except campaigns.CampaignError as exc:
-                    raise FarmError(str(exc)) from exc
-        console = Console(stderr=as_json)
-
-        def record(result: TrialResult, verdict: str) -> None:
-            for control in controls.values():
-                if result.trial_id.startswith(control.campaign + "-"):
-                    control.add(result, verdict)
-
-        started = time.monotonic()
-        run_locally(
-            settings,
-            sessions,
-            [positive, negative],
-            2 * trials,
-            console,
-            label="controls",
-            on_record=record,
+    stock = installed_kernel()
+    with sessions.begin() as session:
+        ensure_kernel(
+            session, stock.name, stock.release, str(stock.path), stock.sha256, stock.source
         )
-    pos, neg = controls[positive], controls[negative]
-    passed = pos.first_hit is not None and not neg.findings
-    table = Table(title="farm selftest")
-    for column in ("control", "kernel", "trials", "first hit at", "hits", "findings"):
-        table.add_column(column)
-    for label, c in (("positive", pos), ("negative", neg)):
-        findings = ", ".join(f"{t} x{n}" for t, n in c.findings.items()) or "none"
-        first = str(c.first_hit or "—")
-        table.add_row(label, c.kernel, str(c.trials), first, str(c.hits), findings)
-    console.print(table)
-    console.print("[bold green]PASS[/]" if passed else "[bold red]FAIL[/]")
-    if as_json:
-        summary = {
-            "passed": passed,
-            "positive": pos.to_json(),
-            "negative": neg.to_json(),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        click.echo(json.dumps(summary))
-    ctx.exit(0 if passed else 1)
+        for k in cached_kernels(settings.cache_dir):
+            ensure_kernel(session, k.name, k.release, str(k.path), k.sha256 or None, k.source)
+        for control in controls.values():
+            spec = campaigns.parse_spec(
+                {
+                    "name": control.campaign,
+                    "kernels": [control.kernel],
+                    "concurrency": 2,
+                    "budget": {"trials": trials},
+                    # the race needs pages and rounds; VM throttling only slows it down here
+                    "ranges": {"pages": [1024, 8192]},
+                    "params": {"cpu_quota_pct": 100, "vcpu_pin": "none"},
+                },
+                "selftest",
+            )
+            try:
+                campaigns.transition(campaigns.create(session, spec), "running")
+            except campaigns.CampaignError as exc:
+                raise ControlError(str(exc)) from exc
+
+    def record(result: TrialResult, verdict: str) -> None:
+        for control in controls.values():
+            if result.trial_id.startswith(control.campaign + "-"):
+                control.add(result, verdict)
+
+    run_locally(
+        settings,
+        sessions,
+        [positive, negative],
+        2 * trials,
+        console,
+        label="controls",
+        on_record=record,
+    )
+    return controls[positive], controls[negative]
+
+
+def passed(positive: Control, negative: Control) -> bool:
+    """The farm found the bug where it is, and nothing where it is not."""
+    return positive.first_hit is not None and not negative.findings

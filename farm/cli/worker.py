@@ -1,0 +1,55 @@
+"""``farm worker``: a Celery worker of the data plane on this host."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from farm.cli.support import FarmError, err, settings_from
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", default=1, show_default=True, help="worker processes (guests)")
+@click.option(
+    "--kernel", "kernels", multiple=True, help="kernel to serve (default: every local kernel)"
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(
+    ctx: click.Context, concurrency: int, kernels: tuple[str, ...], celery_args: tuple[str, ...]
+) -> None:
+    """Run a Celery worker that runs trials in libvirt guests (needs no database).
+
+    It consumes one queue per kernel it has, plus the ``.cpu`` twin when this
+    host can throttle vCPUs (cgroup cpu controller); the scheduler routes
+    trials that need it there only.
+    """
+    from workers.host import can_limit_cpu, local_kernel_names, queues_for
+
+    settings = settings_from(ctx)
+    names = list(kernels) or local_kernel_names(settings.cache_dir)
+    if not names:
+        raise FarmError("no kernels on this host: `farm kernels fetch debian:bookworm` first")
+    cpu = can_limit_cpu()
+    err.print(
+        f"serving kernels: {', '.join(names)}; vCPU bandwidth control: "
+        f"{'yes' if cpu else 'no (no cgroup cpu controller): trials that need it go elsewhere'}"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        ",".join(queues_for(names, cpu_control=cpu)),
+        "--loglevel",
+        "INFO",
+        *celery_args,
+    ]
+    os.execv(sys.executable, argv)
