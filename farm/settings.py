@@ -9,7 +9,7 @@ can be overridden by ``FARM_<KEY>`` (``FARM_DATABASE_URL``, ``FARM_BROKER_URL``,
     broker_url = "redis://broker.example:6379/0"
     guest_memory_mb = 2048
 
-Workers never talk to the database (DESIGN.md): a worker reads only
+Workers never talk to the database (README, "How it is built"): a worker reads only
 ``WORKER_KEYS`` (broker, result backend, cache, libvirt, guest sizes and
 deadlines, its name). Loading settings never connects anywhere, so a worker
 host needs no database credential: leave ``database_url`` unset there and the
@@ -69,7 +69,7 @@ def default_cache_dir() -> Path:
     """The checkout's .cache in development, /var/lib/zapfarm when installed.
 
     Guest images live here, and QEMU runs as libvirt-qemu: keep this under
-    world-traversable folders (not /root), see DESIGN.md.
+    world-traversable folders (not /root, which is mode 700).
     """
     root = source_checkout()
     return root / ".cache" if root else INSTALLED_CACHE_DIR

@@ -5,7 +5,7 @@
  *
  * Why it is shaped like this:
  * - ttyS1 is opened once and kept open in raw mode: reopening it per message
- *   loses the first bytes of the next one (measured, shared/DESIGN.md).
+ *   loses the first bytes of the next one (measured under TCG with QEMU 7.2).
  * - Every message is framed with a length and a CRC-32, and junk between
  *   frames is skipped, so a noisy or lossy serial line costs one request,
  *   never the agent's state.

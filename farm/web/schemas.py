@@ -94,7 +94,7 @@ class TrialList(_Out):
 
 
 class Oracles(_Out):
-    """The four oracles' numbers (docs: DESIGN.md, 'The bug and the oracles')."""
+    """The four oracles' numbers (README, "What a trial is")."""
 
     vma_rss_kb: int | None
     vma_pss_shmem_kb: int | None

@@ -1,7 +1,7 @@
 """A real browser walks the triage path: findings table -> finding -> reproduce -> campaign.
 
 Headless Chromium from Debian (/usr/bin/chromium) driven by Playwright from PyPI;
-never ``playwright install`` (DESIGN.md, "Browser tests"). The server is the
+never ``playwright install`` (browser downloads fail on CI machines). The server is the
 real app under uvicorn on a free loopback port. FARM_WEB_SCREENSHOT=path also
 saves a screenshot of the findings page there (docs/findings-page.png).
 """
