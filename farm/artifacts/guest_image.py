@@ -8,9 +8,9 @@ The cpio is written here rather than by ``cpio -o``: sorted entries, fixed
 owners and mtimes and a gzip header without timestamp make the bytes
 reproducible, and ``/dev/console`` can be a device node without root.
 
-QEMU under libvirt runs as ``libvirt-qemu`` and must read the image
-(measured: an image under /root fails with "Permission denied"), so images are made world-readable; whether the folders
-above ``cache_dir`` let other users through is ``workers.vm.qemu_readable``'s
+QEMU under libvirt runs as ``libvirt-qemu`` and must read the image (an image
+under /root fails with "Permission denied"), so images are made world-readable;
+whether the folders above ``cache_dir`` let other users through is ``workers.vm.qemu_readable``'s
 business (it copies the image somewhere shared when they do not).
 """
 
