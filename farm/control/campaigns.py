@@ -32,19 +32,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.params import KNOBS, PRESETS, SeedToken, TokenError
-from farm.store.models import Campaign, Kernel
+from farm.store.models import Campaign, CampaignStatus, Kernel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 # status -> statuses it may move to; the only place transitions are decided
+_S = CampaignStatus
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "created": frozenset({"running", "stopped"}),
-    "running": frozenset({"paused", "stopped", "done"}),
-    "paused": frozenset({"running", "stopped"}),
-    "stopped": frozenset(),
-    "done": frozenset(),
+    _S.CREATED: frozenset({_S.RUNNING, _S.STOPPED}),
+    _S.RUNNING: frozenset({_S.PAUSED, _S.STOPPED, _S.DONE}),
+    _S.PAUSED: frozenset({_S.RUNNING, _S.STOPPED}),
+    _S.STOPPED: frozenset(),
+    _S.DONE: frozenset(),
 }
-ACTIONS = {"start": "running", "pause": "paused", "resume": "running", "stop": "stopped"}
+ACTIONS = {"start": _S.RUNNING, "pause": _S.PAUSED, "resume": _S.RUNNING, "stop": _S.STOPPED}
 
 
 class CampaignError(ValueError):

@@ -50,7 +50,7 @@ from farm.protocol import (
     trial_message,
     validate_result,
 )
-from farm.store.models import Campaign, Kernel, Trial, Worker
+from farm.store.models import Campaign, CampaignStatus, Kernel, Trial, TrialStatus, Worker
 from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
 from farm.triage.verdict import judge
 
@@ -117,7 +117,7 @@ class Scheduler:
             rows = session.execute(
                 select(Trial.batch_id, Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
                 .join(Kernel, Trial.kernel_id == Kernel.id)
-                .where(Trial.status == "running", Trial.batch_id.is_not(None))
+                .where(Trial.status == TrialStatus.RUNNING, Trial.batch_id.is_not(None))
                 .order_by(Trial.id)
             ).all()
         batches: dict[str, Batch] = {}
@@ -151,7 +151,9 @@ class Scheduler:
         outbox: list[Batch] = []
         with self.sessions.begin() as session:
             running = session.scalars(
-                select(Campaign).where(Campaign.status == "running").order_by(Campaign.id)
+                select(Campaign)
+                .where(Campaign.status == CampaignStatus.RUNNING)
+                .order_by(Campaign.id)
             ).all()
             ordered = sorted(running, key=lambda c: -int(c.spec.get("priority", 5)))
             for campaign in ordered:
@@ -184,11 +186,11 @@ class Scheduler:
         in_flight = session.scalar(
             select(func.count())
             .select_from(Trial)
-            .where(Trial.campaign_id == campaign.id, Trial.status != "done")
+            .where(Trial.campaign_id == campaign.id, Trial.status != TrialStatus.DONE)
         )
         if self._exhausted(spec, campaign, created):
             if not in_flight:
-                campaigns.transition(campaign, "done")
+                campaigns.transition(campaign, CampaignStatus.DONE)
                 report.finished_campaigns.append(campaign.name)
             else:
                 self._assign(session, campaign, outbox)
@@ -238,7 +240,7 @@ class Scheduler:
         queued = session.execute(
             select(Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
             .join(Kernel, Trial.kernel_id == Kernel.id)
-            .where(Trial.campaign_id == campaign.id, Trial.status == "queued")
+            .where(Trial.campaign_id == campaign.id, Trial.status == TrialStatus.QUEUED)
             .order_by(Trial.id)
         ).all()
         by_queue: dict[str, list[dict[str, Any]]] = {}
@@ -252,7 +254,7 @@ class Scheduler:
                 session.execute(
                     update(Trial)
                     .where(Trial.trial_id.in_([m["trial_id"] for m in batch.messages]))
-                    .values(status="running", batch_id=batch.batch_id)
+                    .values(status=TrialStatus.RUNNING, batch_id=batch.batch_id)
                 )
                 outbox.append(batch)
 
@@ -292,7 +294,7 @@ class Scheduler:
             trials = session.execute(
                 select(Trial.trial_id, Trial.token, Kernel.name)
                 .join(Kernel, Trial.kernel_id == Kernel.id)
-                .where(Trial.batch_id == batch_id, Trial.status != "done")
+                .where(Trial.batch_id == batch_id, Trial.status != TrialStatus.DONE)
             ).all()
         expected = {t.trial_id: t for t in trials}
         got: dict[str, TrialResult] = {}
@@ -327,9 +329,7 @@ class Scheduler:
             if verdict.kind in ("infra-error", "invalid"):
                 continue
             campaign_name = result.trial_id.rsplit("-", 1)[0]
-            by_campaign.setdefault(campaign_name, []).append(
-                (result.token, verdict.is_finding)
-            )
+            by_campaign.setdefault(campaign_name, []).append((result.token, verdict.is_finding))
         if not by_campaign:
             return
         with self.sessions.begin() as session:
@@ -404,7 +404,7 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
     verdicts = dict(
         session.execute(
             select(Trial.verdict, func.count())
-            .where(Trial.campaign_id == campaign.id, Trial.status == "done")
+            .where(Trial.campaign_id == campaign.id, Trial.status == TrialStatus.DONE)
             .group_by(Trial.verdict)
         ).all()
     )

@@ -48,7 +48,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from farm.protocol import ResultError, TrialResult, clip, validate_result
 from farm.sanitize import clean_text
 from farm.store.db import dialect_insert
-from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, utcnow
+from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, TrialStatus, utcnow
 from farm.store.storage import console_text
 from farm.triage.verdict import FINDING_KINDS, Verdict, judge
 
@@ -341,7 +341,7 @@ def rerun(
         while True:
             rows = session.execute(
                 select(*_RERUN_COLUMNS)
-                .where(_TRIALS.c.status == "done", _TRIALS.c.id > last_pk)
+                .where(_TRIALS.c.status == TrialStatus.DONE, _TRIALS.c.id > last_pk)
                 .order_by(_TRIALS.c.id)
                 .limit(batch_size)
             ).all()
@@ -481,7 +481,7 @@ def _lock_findings(session: Session) -> None:
 
 
 def _count_trials(session: Session) -> int:
-    stmt = select(func.count()).select_from(_TRIALS).where(_TRIALS.c.status == "done")
+    stmt = select(func.count()).select_from(_TRIALS).where(_TRIALS.c.status == TrialStatus.DONE)
     return int(session.scalar(stmt) or 0)
 
 

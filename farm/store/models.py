@@ -13,6 +13,7 @@ are maintained by farm.store.findings, which also rebuilds them from the trials.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -34,13 +35,40 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-CAMPAIGN_STATUSES = ("created", "running", "paused", "stopped", "done")
-TRIAL_STATUSES = ("queued", "running", "done")
+
+class CampaignStatus(StrEnum):
+    """A campaign's state; farm.control.campaigns.TRANSITIONS decides the moves."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    DONE = "done"
+
+
+class TrialStatus(StrEnum):
+    """Where a trial is: created, sent to a worker (in a batch), recorded."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class FindingStatus(StrEnum):
+    """``gone``: no trial has the signature any more (after ``farm triage rerun``); the row
+    stays so that links from bug reports keep working. fixed/invalid are set by people."""
+
+    OPEN = "open"
+    FIXED = "fixed"
+    INVALID = "invalid"
+    GONE = "gone"
+
+
+CAMPAIGN_STATUSES = tuple(CampaignStatus)
+TRIAL_STATUSES = tuple(TrialStatus)
+FINDING_STATUSES = tuple(FindingStatus)
 # Verdicts are farm.triage.kinds.VerdictKind values; deliberately not a constraint, so
 # that adding a kind needs no migration.
-# "gone": no trial has the signature any more (after `farm triage rerun`); the row
-# stays so that links from bug reports keep working. fixed/invalid are set by people.
-FINDING_STATUSES = ("open", "fixed", "invalid", "gone")
 MAX_TITLE_CHARS = 512
 
 # Stable constraint names: Alembic needs them to alter constraints (batch mode on SQLite).

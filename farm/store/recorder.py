@@ -54,7 +54,7 @@ from farm.protocol import ResultError, TrialResult, validate_result
 from farm.sanitize import clean_json, clean_text
 from farm.store.db import dialect_insert, ensure_kernel
 from farm.store.findings import attach_row, finding_key, trial_detail, trial_title
-from farm.store.models import Campaign, Kernel, Trial, utcnow
+from farm.store.models import Campaign, Kernel, Trial, TrialStatus, utcnow
 from farm.store.storage import CLEAN_CONSOLE_SAMPLE, console_columns
 from farm.triage.verdict import FINDING_KINDS, Verdict
 
@@ -131,7 +131,7 @@ def enqueue_many(session: Session, trials: Sequence[NewTrial]) -> None:
             "params": params,
             "kernel_id": new.kernel_id,
             "campaign_id": new.campaign_id,
-            "status": "queued",
+            "status": TrialStatus.QUEUED,
             "created_at": utcnow(),
         }
     if not rows:
@@ -197,8 +197,8 @@ def mark_running(session: Session, trial_id: str, worker: str | None = None) -> 
     """Flag a queued trial as running (e.g. on Celery's task-started event); False if not queued."""
     stmt = (
         update(_TRIALS)
-        .where(Trial.trial_id == trial_id, Trial.status == "queued")
-        .values(status="running", worker=worker)
+        .where(Trial.trial_id == trial_id, Trial.status == TrialStatus.QUEUED)
+        .values(status=TrialStatus.RUNNING, worker=worker)
     )
     return _rowcount(session, stmt) > 0
 
@@ -361,7 +361,7 @@ def _store(session: Session, pending: Sequence[_Pending]) -> dict[int, RecordOut
                 _TRIALS.c.kernel_id,
                 _TRIALS.c.campaign_id,
             )
-            .where(_TRIALS.c.trial_id.in_(chunk), _TRIALS.c.status != "done")
+            .where(_TRIALS.c.trial_id.in_(chunk), _TRIALS.c.status != TrialStatus.DONE)
             .order_by(order)
         )
         if postgres:
@@ -456,7 +456,7 @@ def _done_update(columns: tuple[str, ...]) -> Update:
     """
     return (
         update(_TRIALS)
-        .where(_TRIALS.c.id == bindparam("b_pk"), _TRIALS.c.status != "done")
+        .where(_TRIALS.c.id == bindparam("b_pk"), _TRIALS.c.status != TrialStatus.DONE)
         .values({name: bindparam(f"b_{name}", type_=_TRIALS.c[name].type) for name in columns})
     )
 
@@ -523,7 +523,7 @@ def done_values(
     raw.pop("console", None)
     numa = prog.numa_nodes if prog is not None else guest.numa_nodes if guest else None
     values: dict[str, Any] = {
-        "status": "done",
+        "status": TrialStatus.DONE,
         "outcome": result.outcome,
         "verdict": judged.kind,
         "title": trial_title(judged),
