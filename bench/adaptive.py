@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.control.search import ThompsonSampler, UniformSampler, cached_params
+from farm.control.search import Observation, ThompsonSampler, UniformSampler, cached_params
 from farm.params import TrialParams
 
 P_IN = 0.05
@@ -59,7 +59,7 @@ def run(
         is_in = planted(cached_params(token))
         inside += is_in
         anomalous = farm.random() < (P_IN if is_in else P_OUT)
-        sampler.observe(token, anomalous)
+        sampler.observe(token, Observation(finding=anomalous))
         if anomalous:
             hits += 1
             first = first or trials

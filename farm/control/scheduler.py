@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from farm.control import campaigns
 from farm.control.broker import known_task_ids
 from farm.control.campaigns import CampaignSpec
-from farm.control.search import Sampler, ThompsonSampler, UniformSampler
+from farm.control.search import Observation, Sampler, ThompsonSampler, UniformSampler
 from farm.params import PRESETS, SeedToken
 from farm.protocol import (
     BATCH_TASK,
@@ -57,6 +57,12 @@ from farm.triage.verdict import judge
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 15.0
+
+
+def observation_of(result: TrialResult, finding: bool) -> Observation:
+    """What the search learns from a result: its finding, window signal and guest-seconds."""
+    seconds = max(result.finished_at - result.started_at, 0.001)
+    return Observation(finding=finding, seconds=seconds)
 
 
 def make_sampler(spec: CampaignSpec, state: dict[str, Any] | None) -> Sampler | None:
@@ -323,13 +329,15 @@ class Scheduler:
         return pairs
 
     def _observe(self, pairs: Iterable[tuple[TrialResult, Any]]) -> None:
-        """Feed verdicts back to each campaign's search (infra errors teach nothing)."""
-        by_campaign: dict[str, list[tuple[str, bool]]] = {}
+        """Feed verdicts back to each campaign's search (untested trials teach nothing)."""
+        by_campaign: dict[str, list[tuple[str, Observation]]] = {}
         for result, verdict in pairs:
-            if verdict.kind in ("infra-error", "invalid"):
+            if not verdict.kind.tested:
                 continue
             campaign_name = result.trial_id.rsplit("-", 1)[0]
-            by_campaign.setdefault(campaign_name, []).append((result.token, verdict.is_finding))
+            by_campaign.setdefault(campaign_name, []).append(
+                (result.token, observation_of(result, verdict.is_finding))
+            )
         if not by_campaign:
             return
         with self.sessions.begin() as session:
@@ -343,8 +351,8 @@ class Scheduler:
                 sampler = make_sampler(campaigns.spec_of(campaign), state.get("search"))
                 if sampler is None:
                     continue
-                for token, anomalous in observations:
-                    sampler.observe(parse_token(token), anomalous)
+                for token, seen in observations:
+                    sampler.observe(parse_token(token), seen)
                 state["search"] = sampler.state()
                 campaign.state = state
 

@@ -11,12 +11,15 @@ Two samplers:
 
 - :class:`UniformSampler`: a random seed; knobs the campaign fixes or confines
   to a range are pinned as overrides, every other knob comes from the seed.
-- :class:`ThompsonSampler`: each chosen knob's domain is cut into bins, each bin
-  keeps a Beta posterior over the anomaly rate of trials whose value fell in it;
-  a proposal samples every bin's Beta, takes the best bin per knob and pins the
-  knob there (the value inside the bin comes from the seed). With probability
-  ``epsilon`` it proposes uniformly instead. docs/search.md explains the choice
-  of independent per-knob bins over joint regions.
+- :class:`ThompsonSampler`: each chosen knob's domain is cut into bins; each bin
+  keeps two Gamma posteriors over *rates per guest-second*: findings, and
+  race-window entries (the graded signal every trial reports). A proposal
+  samples both rates of every bin, scores a bin ``FINDING_WEIGHT * findings/s
+  + window/s``, takes the best bin per knob and pins the knob there (the value
+  inside the bin comes from the seed). A 70 s trial costs 70 times a 1 s one:
+  the search buys signal per second, not per trial. With probability
+  ``epsilon`` it proposes uniformly instead. docs/search.md explains the model
+  and the choice of independent per-knob bins over joint regions.
 
 Both keep a JSON-serialisable :meth:`~Sampler.state` so a scheduler can store it
 in the database and :func:`sampler_from_state` resumes it after a restart.
@@ -35,7 +38,10 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from farm.params import KNOBS, SPACE_VERSION, SeedToken, TrialParams
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# A finding is worth this many window entries: far above them, as a finding is what the
+# farm exists for, yet a bin rich in window entries is where findings are likeliest.
+FINDING_WEIGHT = 1000.0
 
 # Knobs whose draws are log-uniform in farm.params (tests/unit/test_search.py
 # checks this against KNOBS): their bins are geometric, not arithmetic.
@@ -61,6 +67,11 @@ DEFAULT_BINS: dict[str, int] = {
     "pressure_mb": 2,
 }
 DEFAULT_EPSILON = 0.1
+# Gamma(shape, rate) prior of a bin's window entries per guest-second: mean 1/s, i.e.
+# optimistic (every bin gets tried) and washed out after a few guest-seconds of evidence.
+# Findings get the same Gamma(shape, rate) prior: one finding doubles a bin's expected
+# findings rate (as a Beta(1, 1) prior per trial did), and until a bin has spent enough
+# guest-seconds, the weighted findings prior dominates its score: that is exploration.
 DEFAULT_PRIOR = (1.0, 1.0)
 MAX_TRIES = 64  # fresh seeds tried before a constraint set is declared unsatisfiable
 
@@ -270,6 +281,19 @@ class _Space:
 # --------------------------------------------------------------------------- samplers
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What one finished, valid trial taught: did it find something, its signal, its cost."""
+
+    finding: bool
+    window: int = 0  # race-window entries it saw (farm.protocol.window_entries)
+    seconds: float = 1.0  # guest-seconds it cost
+
+    def __post_init__(self) -> None:
+        if self.window < 0 or not self.seconds > 0 or math.isinf(self.seconds):
+            raise ValueError(f"window >= 0 and 0 < seconds < inf, not {self}")
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """What a scheduler needs from a search strategy."""
@@ -278,7 +302,7 @@ class Sampler(Protocol):
         """The next trial's token; all randomness comes from ``rng``."""
         ...
 
-    def observe(self, token: SeedToken, anomalous: bool) -> None:
+    def observe(self, token: SeedToken, seen: Observation) -> None:
         """Learn from one finished, valid trial (invalid ones, e.g. one NUMA node, are skipped)."""
         ...
 
@@ -298,8 +322,8 @@ class Proposal:
     region: dict[str, int] | None
 
 
-def _check_state(state: Mapping[str, Any], kind: str) -> None:
-    if state.get("kind") != kind or state.get("format") != STATE_FORMAT:
+def _check_state(state: Mapping[str, Any], kind: str, formats: tuple[int, ...] = (1, 2)) -> None:
+    if state.get("kind") != kind or state.get("format") not in formats:
         raise ValueError(
             f"not a {kind} sampler state (format {STATE_FORMAT}): "
             f"kind={state.get('kind')!r} format={state.get('format')!r}"
@@ -321,14 +345,18 @@ class UniformSampler:
         self._space = _Space(fixed, ranges, version)
         self._space.token(random.Random(0), {})  # fail now, not at the first proposal
         self.trials = 0
-        self.anomalies = 0
+        self.anomalies = 0  # trials with a finding
+        self.window = 0
+        self.seconds = 0.0
 
     def propose(self, rng: random.Random) -> SeedToken:
         return self._space.token(rng, {})
 
-    def observe(self, token: SeedToken, anomalous: bool) -> None:
+    def observe(self, token: SeedToken, seen: Observation) -> None:
         self.trials += 1
-        self.anomalies += bool(anomalous)
+        self.anomalies += seen.finding
+        self.window += seen.window
+        self.seconds += seen.seconds
 
     def state(self) -> dict[str, Any]:
         return {
@@ -338,6 +366,8 @@ class UniformSampler:
             **self._space.to_json(),
             "trials": self.trials,
             "anomalies": self.anomalies,
+            "window": self.window,
+            "seconds": self.seconds,
         }
 
     @classmethod
@@ -345,11 +375,21 @@ class UniformSampler:
         _check_state(state, cls.kind)
         sampler = cls(fixed=state["fixed"], ranges=state["ranges"], version=state["version"])
         sampler.trials, sampler.anomalies = int(state["trials"]), int(state["anomalies"])
+        # format 1 kept no signal or cost: its trials count as one guest-second each
+        sampler.window = int(state.get("window", 0))
+        sampler.seconds = float(state.get("seconds", sampler.trials))
         return sampler
 
 
 class ThompsonSampler:
-    """Thompson sampling over independent per-knob bins, with a uniform exploration floor."""
+    """Thompson sampling of signal per guest-second over independent per-knob bins.
+
+    Each bin's findings and window entries are Poisson processes in guest time
+    with Gamma(prior) rates; the conjugate posterior after ``n`` events in ``t``
+    guest-seconds is Gamma(shape + n, rate + t). Sampling both rates per bin and
+    scoring ``FINDING_WEIGHT * findings/s + window/s`` is Thompson sampling of
+    that objective; a uniform exploration floor keeps the search honest.
+    """
 
     kind = "thompson"
 
@@ -366,7 +406,7 @@ class ThompsonSampler:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be within [0, 1], not {epsilon}")
         if len(prior) != 2 or min(prior) <= 0:
-            raise ValueError(f"prior must be two positive numbers (alpha, beta), not {prior}")
+            raise ValueError(f"prior must be two positive numbers (shape, rate), not {prior}")
         self._space = _Space(fixed, ranges, version)
         self.epsilon = float(epsilon)
         self.prior = (float(prior[0]), float(prior[1]))
@@ -384,7 +424,9 @@ class ThompsonSampler:
             if all(n in self.bins for n in pair):
                 raise ValueError(f"bin at most one of {' and '.join(pair)}: their values interact")
         self.trials = {name: [0] * len(cut) for name, cut in self.bins.items()}
-        self.hits = {name: [0] * len(cut) for name, cut in self.bins.items()}
+        self.hits = {name: [0] * len(cut) for name, cut in self.bins.items()}  # findings
+        self.window = {name: [0] * len(cut) for name, cut in self.bins.items()}
+        self.seconds = {name: [0.0] * len(cut) for name, cut in self.bins.items()}
         self.ignored = 0  # observed tokens outside this campaign's constraints
         probe = random.Random(0)
         for name, cut in self.bins.items():  # every bin must admit a trial
@@ -397,12 +439,13 @@ class ThompsonSampler:
         """Like propose(), also saying which region was chosen (None: exploration floor)."""
         if rng.random() < self.epsilon:
             return Proposal(self._space.token(rng, {}), None)
-        a0, b0 = self.prior
+        shape, rate = self.prior
         region: dict[str, int] = {}
-        for name, trials in self.trials.items():
-            hits = self.hits[name]
+        for name, seconds in self.seconds.items():
             scores = [
-                rng.betavariate(a0 + h, b0 + n - h) for n, h in zip(trials, hits, strict=True)
+                FINDING_WEIGHT * rng.gammavariate(shape + h, 1.0 / (rate + t))
+                + rng.gammavariate(shape + w, 1.0 / (rate + t))
+                for h, w, t in zip(self.hits[name], self.window[name], seconds, strict=True)
             ]
             region[name] = max(range(len(scores)), key=scores.__getitem__)
         chosen = {name: self.bins[name][i] for name, i in region.items()}
@@ -423,7 +466,7 @@ class ThompsonSampler:
             region[name] = next(i for i, d in enumerate(cut) if d.contains(value))
         return region
 
-    def observe(self, token: SeedToken, anomalous: bool) -> None:
+    def observe(self, token: SeedToken, seen: Observation) -> None:
         """Credit the trial's bins, wherever the token came from (exploration, replays too)."""
         region = (
             self.region_of(cached_params(token)) if token.version == self._space.version else None
@@ -433,20 +476,33 @@ class ThompsonSampler:
             return
         for name, i in region.items():
             self.trials[name][i] += 1
-            self.hits[name][i] += bool(anomalous)
+            self.hits[name][i] += seen.finding
+            self.window[name][i] += seen.window
+            self.seconds[name][i] += seen.seconds
 
     def posterior(self) -> dict[str, list[dict[str, Any]]]:
-        """Per knob and bin: trials, hits and posterior mean, for reports and the web."""
-        a0, b0 = self.prior
+        """Per knob and bin: trials, findings, window entries, guest-seconds and posterior
+        mean rates per guest-second, for reports and the web."""
+        shape, rate = self.prior
         return {
             name: [
                 {
                     "bin": d.label(),
                     "trials": n,
                     "hits": h,
-                    "mean": (a0 + h) / (a0 + b0 + n),
+                    "window": w,
+                    "seconds": round(t, 3),
+                    "findings_per_s": (shape + h) / (rate + t),
+                    "window_per_s": (shape + w) / (rate + t),
                 }
-                for d, n, h in zip(self.bins[name], self.trials[name], self.hits[name], strict=True)
+                for d, n, h, w, t in zip(
+                    self.bins[name],
+                    self.trials[name],
+                    self.hits[name],
+                    self.window[name],
+                    self.seconds[name],
+                    strict=True,
+                )
             ]
             for name in self.bins
         }
@@ -465,13 +521,17 @@ class ThompsonSampler:
             "edges": {name: [d.to_json() for d in cut] for name, cut in self.bins.items()},
             "trials": {name: list(v) for name, v in self.trials.items()},
             "hits": {name: list(v) for name, v in self.hits.items()},
+            "window": {name: list(v) for name, v in self.window.items()},
+            "seconds": {name: list(v) for name, v in self.seconds.items()},
             "ignored": self.ignored,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
         _check_state(state, cls.kind)
-        prior = state["prior"]
+        # format 1 held a Beta(hits, misses) prior per trial: its counts carry over, each
+        # trial as one guest-second, and the Gamma prior starts at the default
+        prior = state["prior"] if state["format"] == STATE_FORMAT else DEFAULT_PRIOR
         sampler = cls(
             fixed=state["fixed"],
             ranges=state["ranges"],
@@ -492,7 +552,14 @@ class ThompsonSampler:
                 raise ValueError(f"stored counts for {name} do not match its bins")
             if any(h < 0 or h > n for n, h in zip(trials, hits, strict=True)):
                 raise ValueError(f"stored counts for {name} are inconsistent")
+            window = [int(v) for v in state.get("window", {}).get(name, [0] * len(trials))]
+            seconds = [float(v) for v in state.get("seconds", {}).get(name, trials)]
+            if len(window) != len(trials) or len(seconds) != len(trials):
+                raise ValueError(f"stored signal or cost for {name} does not match its bins")
+            if any(w < 0 for w in window) or any(t < 0 for t in seconds):
+                raise ValueError(f"stored signal or cost for {name} is negative")
             sampler.trials[name], sampler.hits[name] = trials, hits
+            sampler.window[name], sampler.seconds[name] = window, seconds
         sampler.ignored = int(state["ignored"])
         return sampler
 

@@ -14,6 +14,7 @@ from farm.control.search import (
     LOG_KNOBS,
     ChoiceDomain,
     IntDomain,
+    Observation,
     Sampler,
     ThompsonSampler,
     UniformSampler,
@@ -71,7 +72,7 @@ def _tokens(sampler: Sampler, seed: int, n: int) -> list[str]:
     out = []
     for _ in range(n):
         token = sampler.propose(rng)
-        sampler.observe(token, luck.random() < 0.05)
+        sampler.observe(token, Observation(finding=luck.random() < 0.05))
         out.append(str(token))
     return out
 
@@ -124,7 +125,7 @@ def test_fixed_values_and_ranges_are_respected(kind: str) -> None:
         assert 512 <= p.pages <= 4096 and p.placement in ("same", "split") and p.rounds >= 2
         if isinstance(sampler, ThompsonSampler):
             assert sampler.region_of(p) is not None
-        sampler.observe(token, False)
+        sampler.observe(token, Observation(finding=False))
 
 
 def test_fixed_max_delay_is_never_raised_by_a_seed_min() -> None:
@@ -174,7 +175,7 @@ def _drive(sampler: ThompsonSampler | UniformSampler, rng: random.Random, n: int
     out = []
     for _ in range(n):
         token = sampler.propose(rng)
-        sampler.observe(token, luck.random() < 0.02)
+        sampler.observe(token, Observation(finding=luck.random() < 0.02))
         out.append(str(token))
     return out
 
@@ -209,13 +210,17 @@ def test_observe_credits_any_token_and_skips_other_campaigns() -> None:
     token = SeedToken(seed=42).with_overrides({"punch": "madvise"})
     region = sampler.region_of(token.params())
     assert region is not None
-    sampler.observe(token, True)
+    sampler.observe(token, Observation(finding=True, window=7, seconds=2.0))
     for name, index in region.items():
         assert sampler.trials[name][index] == 1 and sampler.hits[name][index] == 1
-    sampler.observe(SeedToken(seed=42).with_overrides({"punch": "fallocate"}), True)
+        assert sampler.window[name][index] == 7 and sampler.seconds[name][index] == 2.0
+    other = SeedToken(seed=42).with_overrides({"punch": "fallocate"})
+    sampler.observe(other, Observation(finding=True))
     assert sampler.ignored == 1 and sum(sampler.trials["pages"]) == 1
     row = sampler.posterior()["pages"][region["pages"]]
-    assert row["hits"] == 1 and row["mean"] == pytest.approx(2 / 3)
+    assert row["hits"] == 1 and row["window"] == 7
+    assert row["window_per_s"] == pytest.approx((1 + 7) / (1 + 2.0))  # Gamma(1, 1) prior
+    assert row["findings_per_s"] == pytest.approx((1 + 1) / (1 + 2.0))
 
 
 def test_samplers_satisfy_the_protocol() -> None:
@@ -237,9 +242,70 @@ def test_bandit_concentrates_on_a_planted_region() -> None:
         token = sampler.propose(rng)
         is_in = _planted(token.params())
         anomalous = luck.random() < (0.2 if is_in else 0.002)
-        sampler.observe(token, anomalous)
+        sampler.observe(token, Observation(finding=anomalous))
         inside.append(is_in)
         hits += anomalous
     late = sum(inside[-500:]) / 500
     assert late > 0.7, (late, hits, sampler.posterior())
     assert hits > 200  # uniform expects ~21 in 2500 trials; a working bandit gets ~420
+
+
+def _window_farm(sampler: ThompsonSampler | UniformSampler, n: int, seed: int) -> dict[str, float]:
+    """A simulated kernel with no findings: window entries per trial, and a trial cost.
+
+    Large buffers (pages >= 2436) see 3x the entries of small ones but cost 40x the
+    guest-seconds (e.g. a throttled, 8192-page trial); per second, small buffers win.
+    """
+    rng, luck = random.Random(seed), random.Random(seed + 1)
+    window = seconds = 0.0
+    for _ in range(n):
+        token = sampler.propose(rng)
+        big = token.params().pages >= 2436
+        entries = luck.randint(0, 60 if big else 20)
+        cost = 40.0 if big else 1.0
+        sampler.observe(token, Observation(finding=False, window=entries, seconds=cost))
+        window, seconds = window + entries, seconds + cost
+    return {"per_s": window / seconds, "seconds": seconds}
+
+
+def test_search_buys_signal_per_guest_second_not_per_trial() -> None:
+    thompson = _window_farm(ThompsonSampler(), 1500, 5)
+    uniform = _window_farm(UniformSampler(), 1500, 5)
+    # uniform spends most of its guest time on the costly bin (1/4 of trials, 40x the cost)
+    assert thompson["per_s"] > 3 * uniform["per_s"], (thompson, uniform)
+
+
+def test_a_finding_outweighs_window_entries() -> None:
+    """One bin yields findings with few entries, another many entries and no finding."""
+    sampler = ThompsonSampler(fixed={"punch": "fallocate"}, bins={"placement": 3})
+    rng, luck = random.Random(8), random.Random(9)
+    chosen: list[str] = []
+    for _ in range(1000):
+        token = sampler.propose(rng)
+        placement = token.params().placement
+        finding = placement == "split" and luck.random() < 0.05
+        window = 30 if placement == "same" else 1
+        sampler.observe(token, Observation(finding=finding, window=window, seconds=1.0))
+        chosen.append(placement)
+    # 5 % findings x 1000 = 50 weighted/s beats 30 entries/s: split wins once found
+    assert chosen[-300:].count("split") > 200, sampler.posterior()
+
+
+def test_old_beta_states_resume_with_one_second_per_trial() -> None:
+    sampler = ThompsonSampler()
+    state = json.loads(json.dumps(sampler.state()))
+    state["format"] = 1
+    for key in ("window", "seconds"):
+        del state[key]
+    state["trials"]["pages"] = [10, 0, 0, 0]
+    state["hits"]["pages"] = [1, 0, 0, 0]
+    resumed = ThompsonSampler.from_state(state)
+    assert resumed.seconds["pages"] == [10.0, 0.0, 0.0, 0.0]
+    assert resumed.window["pages"] == [0, 0, 0, 0] and resumed.hits["pages"][0] == 1
+
+
+def test_observation_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Observation(finding=False, window=-1)
+    with pytest.raises(ValueError):
+        Observation(finding=False, seconds=0.0)
