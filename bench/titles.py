@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.triage import console
+from farm.triage import engine
 
 DEFAULT_CORPORA = (
     Path("/work/shared/oops-corpus/dev.jsonl"),
@@ -46,7 +46,7 @@ def main() -> int:
     mismatches = []
     logs = [_log_bytes(r) for r in records]
     for record, log in zip(records, logs, strict=True):
-        report = console.title(log)
+        report = engine.title(log)
         got = report.title if report else None
         got_corrupted = report.corrupted if report else False
         if got == record["title"]:
@@ -64,12 +64,12 @@ def main() -> int:
     whole_cpu, whole_wall, per_record = [], [], []
     for _ in range(max(1, args.runs)):
         c0, w0 = time.process_time(), time.perf_counter()
-        reports = console.parse(blob)
+        reports = engine.parse(blob)
         whole_cpu.append(time.process_time() - c0)
         whole_wall.append(time.perf_counter() - w0)
         c0 = time.process_time()
         for log in logs:
-            console.title(log)
+            engine.title(log)
         per_record.append(time.process_time() - c0)
 
     n = len(records)

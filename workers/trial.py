@@ -22,7 +22,7 @@ from farm.protocol import (
     clip,
     parse_program_output,
 )
-from farm.triage.console import parse as parse_console
+from farm.triage.engine import parse as parse_console
 from workers.host import can_limit_cpu
 from workers.pool import GuestPool
 from workers.vm import Guest, GuestError

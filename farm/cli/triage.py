@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from farm.triage import console as parser
+from farm.triage import engine
 
 EXIT_NONE = 0
 EXIT_FOUND = 1
@@ -86,7 +86,7 @@ def titles(source: IO[bytes]) -> None:
         except InputError:
             out.flush()
             raise
-        report = parser.title(log)
+        report = engine.title(log)
         result = {
             "id": record["id"],
             "title": report.title if report else None,
@@ -108,10 +108,10 @@ def console_cmd(path: IO[bytes], max_lines: int) -> None:
     2 when the input cannot be read.
     """
     try:
-        data = path.read(parser.MAX_LOG_BYTES)  # the parser reads no further anyway
+        data = path.read(engine.MAX_LOG_BYTES)  # the parser reads no further anyway
     except OSError as exc:
         raise InputError(f"cannot read {path.name}: {exc}") from None
-    reports = parser.parse(data)
+    reports = engine.parse(data)
     out = Console()
     if not reports:
         out.print("no kernel reports")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from farm.protocol import TrialResult
-from farm.triage.console import Report, parse
+from farm.triage.engine import Report, parse
 from farm.triage.kinds import FINDING_KINDS, KINDS, VerdictKind
 
 __all__ = ["FINDING_KINDS", "KINDS", "Verdict", "VerdictKind", "judge"]

@@ -18,7 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from farm.cli.triage import triage
-from farm.triage import console
+from farm.triage import engine
+from farm.triage.demangle import demangle
+from farm.triage.titles import normalize_title
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "console"
 SAMPLES = sorted(p for p in DATA.iterdir() if p.is_file() and not p.name.endswith(".md"))
@@ -49,10 +51,10 @@ def test_samples_cover_the_corpus_and_zapfarm() -> None:
 def test_sample(path: Path) -> None:
     sample = load(path)
     expected = sample.headers.get("TITLE") or None
-    report = console.title(sample.log)
+    report = engine.title(sample.log)
     assert (report.title if report else None) == expected
     if report is None:
-        assert console.parse(sample.log) == []
+        assert engine.parse(sample.log) == []
         return
     assert report.corrupted == (sample.headers.get("CORRUPTED") == "Y")
     if "KIND" in sample.headers:
@@ -62,7 +64,7 @@ def test_sample(path: Path) -> None:
     if "FATAL" in sample.headers:
         assert report.fatal == (sample.headers["FATAL"] == "Y")
     # The primary report is the first of all reports, and its span is a span of the log.
-    assert console.parse(sample.log)[0] == report
+    assert engine.parse(sample.log)[0] == report
     assert 0 <= report.start < report.end <= len(sample.log)
     assert report.text.strip()
 
@@ -93,7 +95,7 @@ WARN = [
     ],
 )
 def test_console_prefixes_do_not_matter(prefix: str) -> None:
-    report = console.title("".join(prefix + line + "\n" for line in WARN))
+    report = engine.title("".join(prefix + line + "\n" for line in WARN))
     assert report is not None
     assert (report.title, report.kind, report.frame, report.corrupted) == (
         "WARNING in zap_pte_range", "WARNING", "zap_pte_range", False,
@@ -115,7 +117,7 @@ def test_all_reports_in_order_with_offsets() -> None:
         "[   88.603377] BUG: Bad rss-counter state mm:000000003a8b2c6f type:MM_SHMEMPAGES val:-1\n"
     )
     log = boot + "zapfarm: trial 51aa09e2 begin\n" + rss + "zapfarm: trial 51aa09e2 end\n"
-    reports = console.parse(log)
+    reports = engine.parse(log)
     assert [r.title for r in reports] == ["WARNING in topology_sane", "BUG: Bad rss-counter state"]
     assert [r.kind for r in reports] == ["WARNING", "RSS_COUNTER"]
     first, second = reports
@@ -125,16 +127,16 @@ def test_all_reports_in_order_with_offsets() -> None:
 
 
 def test_trial_markers_are_never_reports() -> None:
-    assert console.parse("zapfarm: trial BUG:1 begin\nzapfarm: trial BUG:1 end\n") == []
-    report = console.title("[ 5.0] WARNING:\nzapfarm: trial t1 end\n[ 6.0] Call Trace:\n")
+    assert engine.parse("zapfarm: trial BUG:1 begin\nzapfarm: trial BUG:1 end\n") == []
+    report = engine.title("[ 5.0] WARNING:\nzapfarm: trial t1 end\n[ 6.0] Call Trace:\n")
     assert report is not None and report.title == "WARNING: corrupted"
 
 
 def test_bytes_and_str_and_invalid_utf8() -> None:
     text = "".join(line + "\n" for line in WARN)
-    assert console.title(text) == console.title(text.encode())
+    assert engine.title(text) == engine.title(text.encode())
     mangled = text.replace("zapmigrate", "zap\udcff\udcfe").encode("utf-8", "surrogateescape")
-    report = console.title(mangled)
+    report = engine.title(mangled)
     assert report is not None and report.title == "WARNING in zap_pte_range"
     assert "\ufffd" in report.text  # shown as replacement characters, offsets stay bytes
     assert report.end <= len(mangled)
@@ -145,10 +147,10 @@ def test_panic_makes_the_report_fatal() -> None:
         "".join(line + "\n" for line in WARN)
         + "Kernel panic - not syncing: panic_on_warn set ...\n"
     )
-    reports = console.parse(log)
+    reports = engine.parse(log)
     assert len(reports) == 1 and reports[0].fatal
     assert (
-        console.title("Kernel panic - not syncing: VFS: Unable to mount root fs\n").kind == "PANIC"
+        engine.title("Kernel panic - not syncing: VFS: Unable to mount root fs\n").kind == "PANIC"
     )  # type: ignore[union-attr]
 
 
@@ -163,7 +165,7 @@ def test_panic_makes_the_report_fatal() -> None:
     ],
 )  # fmt: skip
 def test_title_normalisation(raw: str, expected: str) -> None:
-    assert console.normalize_title(raw) == expected
+    assert normalize_title(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -179,7 +181,7 @@ def test_title_normalisation(raw: str, expected: str) -> None:
     ],
 )  # fmt: skip
 def test_demangle(mangled: str, plain: str) -> None:
-    assert console.demangle(mangled) == plain
+    assert demangle(mangled) == plain
 
 
 def test_hostile_input_is_bounded() -> None:
@@ -190,14 +192,14 @@ def test_hostile_input_is_bounded() -> None:
     )
     huge_line = "x" * (4 << 20) + "\n"
     started = time.perf_counter()
-    assert console.title(bait) is not None
-    reports = console.parse(flood)
+    assert engine.title(bait) is not None
+    reports = engine.parse(flood)
     assert (
-        console.parse(huge_line + "".join(line + "\n" for line in WARN))[0].title
+        engine.parse(huge_line + "".join(line + "\n" for line in WARN))[0].title
         == "WARNING in zap_pte_range"
     )
     assert time.perf_counter() - started < 5
-    assert len(reports) == console.MAX_REPORTS
+    assert len(reports) == engine.MAX_REPORTS
 
 
 # --- command line ------------------------------------------------------------------------
