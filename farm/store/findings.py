@@ -4,7 +4,9 @@ Why this shape:
 
 - The signature is sha256 of the kind and the *normalised* title, so the same
   bug seen on many kernels, campaigns and boots is one row, and the key is a
-  fixed-size string that survives any title length.
+  fixed-size string that survives any title length. The normaliser is the
+  console parser's (farm.triage.titles), whose titles are its fixed points: a
+  parser title keys its finding as it is.
 - Counters are changed only by atomic upserts (``trial_count = trial_count + 1``
   inside ``INSERT ... ON CONFLICT DO UPDATE``): any number of recorder
   processes can attach trials of the same new signature at once and get one
@@ -50,6 +52,7 @@ from farm.sanitize import clean_text
 from farm.store.db import dialect_insert
 from farm.store.models import MAX_TITLE_CHARS, Finding, FindingCount, Trial, TrialStatus, utcnow
 from farm.store.storage import console_text
+from farm.triage.titles import normalize_title
 from farm.triage.verdict import FINDING_KINDS, Verdict, judge
 
 MAX_REPORT_CHARS = 32 * 1024  # the example's report kept with its finding (head and tail)
@@ -61,32 +64,23 @@ _FINDINGS = cast(Table, Finding.__table__)
 _COUNTS = cast(Table, FindingCount.__table__)
 _TRIALS = cast(Table, Trial.__table__)
 
-_PRINTK_TIME = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
-# addresses and other long hex/decimal runs differ between boots; functions do not
-_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SPACE = re.compile(r"\s+")
+NO_TITLE = "(no title)"  # the key title of a title that normalises to nothing
 
 
 # --- signatures -------------------------------------------------------------
 
 
-def normalize_title(title: str) -> str:
-    """The title as findings key it: clean, one line, no addresses, bounded.
-
-    The console parser already makes syzkaller-style titles; this only removes
-    what must never split a finding (printk timestamps, addresses, spacing)
-    and what must never reach the database (NULs, control characters).
-    """
-    normal = _CONTROL.sub(" ", clean_text(title))
-    normal = _ADDRESS.sub("ADDR", _PRINTK_TIME.sub("", normal))
-    normal = _SPACE.sub(" ", normal).strip()
-    return normal[:MAX_TITLE_CHARS] or "(no title)"
+def key_title(title: str) -> str:
+    """The title as findings key it: the one title normaliser's (farm.triage.titles:
+    addresses, numbers and spacing that differ between boots go; ASCII, no control
+    characters, at most 120 bytes), never empty."""
+    return normalize_title(title) or NO_TITLE
 
 
 def signature(kind: str, title: str) -> str:
     """sha256 hex of kind and normalised title: the finding's unique key."""
-    return hashlib.sha256(f"{kind}\n{normalize_title(title)}".encode()).hexdigest()
+    return hashlib.sha256(f"{kind}\n{key_title(title)}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -104,7 +98,7 @@ def finding_key(kind: str, title: str | None) -> FindingKey | None:
     """
     if kind not in FINDING_KINDS:
         return None
-    normal = normalize_title(title or kind)
+    normal = key_title(title or kind)
     return FindingKey(kind, normal, signature(kind, normal))
 
 

@@ -18,7 +18,7 @@ from farm.store import db
 from farm.store.findings import (
     MAX_REPORT_CHARS,
     attach,
-    normalize_title,
+    key_title,
     rerun,
     signature,
 )
@@ -102,10 +102,13 @@ def trial(sessions: sessionmaker[Session], trial_id: str) -> Trial:
 
 
 def test_titles_are_normalised_for_the_signature() -> None:
-    assert normalize_title("  WARNING in   zap_pte_range\n") == "WARNING in zap_pte_range"
-    assert normalize_title("[   12.345] BUG: x at 0xffffffff81234567") == "BUG: x at ADDR"
-    assert normalize_title("BUG: mm:ffff888012345678\tbad\x00") == "BUG: mm:ADDR bad\ufffd"
-    assert normalize_title("") == "(no title)"
+    """Findings key titles with the parser's normaliser (syzkaller's rewrites, 120 bytes)."""
+    assert key_title("  WARNING in   zap_pte_range\n") == "WARNING in zap_pte_range"
+    assert key_title("BUG: x at 0xffffffff81234567 on CPU#1") == "BUG: x at ADDR on CPU"
+    # control and non-ASCII characters never reach the key (nor the database)
+    assert key_title("BUG: mm:ffff888012345678\tbad\x00\ufffd") == "BUG: mm:ADDR bad"
+    assert key_title("") == key_title("\x00\x01") == "(no title)"
+    assert len(key_title("BUG: " + "x" * 5000)) == 120
     assert signature("kernel-report", "WARNING in  f") == signature("kernel-report", "WARNING in f")
     assert signature("kernel-report", "WARNING in f") != signature("guest-crash", "WARNING in f")
     assert len(signature("hang", "x" * 5000)) == 64
@@ -222,8 +225,12 @@ def test_hostile_titles_and_reports_are_stored(db_sessions: sessionmaker[Session
         verdict=Verdict("guest-crash", title="t" * 2000, detail="y" * (MAX_REPORT_CHARS * 2)),
     )
     by_kind = {f.kind: f for f in findings(db_sessions)}
-    assert by_kind["kernel-report"].title == "WARNING in \ufffdevil"
-    assert len(by_kind["guest-crash"].title) == 512
+    # the finding's title is the key title (farm.triage.titles: no NULs, at most 120 bytes);
+    # the trial keeps its own title, cleaned and bounded by the column
+    assert by_kind["kernel-report"].title == "WARNING in evil"
+    assert len(by_kind["guest-crash"].title) == 120
+    assert trial(db_sessions, "h-1").title == "WARNING in \ufffdevil"
+    assert len(trial(db_sessions, "h-2").title or "") == 512
     assert len(by_kind["guest-crash"].report or "") <= MAX_REPORT_CHARS
     assert len(trial(db_sessions, "h-1").verdict_detail or "") <= 4096
 
