@@ -368,7 +368,21 @@ def test_check_finds_reports_and_refuses_unknown_kernels(tmp_path: Path) -> None
         "zapfarm: trial t begin\n[ 1.0] WARNING: CPU: 1 PID: 34 at mm/memory.c:1471 x\n"
         "[ 1.1] BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:1\nplain\n"
     )
-    assert len(_splat_lines(console)) == 2
+    assert _splat_lines(console) == [
+        "[ 1.0] WARNING: CPU: 1 PID: 34 at mm/memory.c:1471 x",
+        "[ 1.1] BUG: Bad rss-counter state mm:00000000 type:MM_SHMEMPAGES val:1",
+    ]
+    # The parser decides what a report is: an oops and the panic that ends it are one report,
+    # and a line that only mentions "Oops" or "hung_task" is none.
+    oops = (
+        "[ 2.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+        "[ 2.1] Oops: 0002 [#1] SMP\n[ 2.2] RIP: 0010:zap_pte_range+0x1/0x2\n"
+        "[ 2.3] Kernel panic - not syncing: Fatal exception\n"
+        "Oopsie: hung_task_timeout_secs is fine\n"
+    )
+    assert _splat_lines(oops) == [
+        "[ 2.0] BUG: kernel NULL pointer dereference, address: 0000000000000008"
+    ]
     env = {"FARM_CACHE_DIR": str(tmp_path), "FARM_DATABASE_URL": f"sqlite:///{tmp_path}/f.db"}
     result = CliRunner().invoke(kernels_group, ["check", "no-such-kernel"], env=env)
     assert result.exit_code == 2 and "no kernel 'no-such-kernel'" in result.output
