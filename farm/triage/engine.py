@@ -9,7 +9,7 @@ table), and what a report *is* (kind, fatal) is decided apart from how it was *f
 
 Guest output is untrusted: only the head of a log is read (MAX_LOG_BYTES, MAX_LOG_LINES),
 lines are clipped to MAX_LINE before any regex sees them, no pattern nests unbounded
-repetitions ("A.*B.*C" is matched piecewise, see Ordered), and the number of reports and
+repetitions ("A.*B.*C" is matched piecewise, see patterns.Ordered), and the number of reports and
 the lines and bytes each may span are bounded, so work grows linearly with the log.
 
 This module is the engine: it indexes the log, finds each report's lines and hands them to

@@ -47,8 +47,7 @@ BEFORE = [
         "41d342b25314745a78be4a57fdee9b448873d73e5bee1a583871e63a45e8c434",
     ),
     (
-        "[   12.345678] BUG: Bad rss-counter state mm:00000000c0ffee12 type:MM_SHMEMPAGES "
-        "val:-1\n",
+        "[   12.345678] BUG: Bad rss-counter state mm:00000000c0ffee12 type:MM_SHMEMPAGES val:-1\n",
         "BUG: Bad rss-counter state",
         "efa99008b754d7309b1576e158237dc2ecce3c00601055b4db02e85b90bf295b",
     ),
