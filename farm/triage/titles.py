@@ -38,12 +38,12 @@ _TITLE_REWRITES: Final = tuple(
         (r"CPU#[0-9]+", "CPU", "CPU#"),
         (r"(\W)(\d+)(\W|$)", r"\1NUM\3", ""),
         (r"\d{7,}", "NUM", ""),  # short digit runs stay: cfg80211, nl802154
-        # zapfarm's, kept from when findings had a normaliser of their own (so their
-        # signatures stay): any 0x number and any 8 hex digits are addresses too ("fp=0x0").
-        (r"\b0x[0-9a-fA-F]+\b", "ADDR", "0x"),
-        (r"\b[0-9a-fA-F]{8,}\b", "ADDR", ""),
     )
 )
+# zapfarm's, on the cut title: findings once had a normaliser of their own that added this
+# to the parser's titles, so keeping it keeps their signatures. Any 0x number and any 8 hex
+# digits are addresses too ("fp=0x0", "FFFF8880"), which syzkaller's rewrites leave.
+_MORE_ADDRESSES: Final = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b", re.ASCII)
 _MAX_TITLE: Final = 120
 _TITLE_DROP: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\xff]+")
 _TITLE_SPACES: Final = re.compile(r" {2,}")
@@ -53,9 +53,9 @@ TITLE_FRAME: Final = re.compile(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
 
 def normalize_title(title: str) -> str:
     """Make a title stable across runs like syzkaller: addresses, pids, line numbers, CPUs
-    and sizes become ADDR/NUM/LINE/CPU (each rewrite to a fixed point; short 0x numbers too,
-    which syzkaller keeps), then the first 120 bytes are kept without control or non-ASCII
-    bytes and with single spaces.
+    and sizes become ADDR/NUM/LINE/CPU (each rewrite to a fixed point), then the first 120
+    bytes are kept without control or non-ASCII bytes and with single spaces; last, short
+    0x numbers, which syzkaller keeps, become ADDR too (still at most 120 bytes).
 
     The 120 are bytes: the parser's titles hold one char per byte (its latin-1 view); other
     text (a title given to farm.store.findings) is taken as its UTF-8 bytes. This is the one
@@ -77,7 +77,8 @@ def normalize_title(title: str) -> str:
                 break
             title = new
     title = _TITLE_DROP.sub("", title[:_MAX_TITLE]).replace("\t", " ")
-    return _TITLE_SPACES.sub(" ", title).strip()
+    title = _MORE_ADDRESSES.sub("ADDR", _TITLE_SPACES.sub(" ", title))
+    return title[:_MAX_TITLE].strip()
 
 
 @dataclass
