@@ -128,6 +128,10 @@ KNOBS: dict[str, Knob] = {
     ),
 }
 
+# Knobs drawn log-uniformly above (_log_range): statistics over them (the search's
+# bins, the web's rate plots) cut geometric bins, not arithmetic ones.
+LOG_KNOBS = frozenset({"pages", "batch"})
+
 
 def knobs_of(version: int) -> list[str]:
     """The parameters a seed of this parameter space version draws."""

@@ -36,16 +36,12 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, Protocol, Self, runtime_checkable
 
-from farm.params import KNOBS, SPACE_VERSION, SeedToken, TrialParams
+from farm.params import KNOBS, LOG_KNOBS, SPACE_VERSION, SeedToken, TrialParams
 
 STATE_FORMAT = 2
 # A finding is worth this many window entries: far above them, as a finding is what the
 # farm exists for, yet a bin rich in window entries is where findings are likeliest.
 FINDING_WEIGHT = 1000.0
-
-# Knobs whose draws are log-uniform in farm.params (tests/unit/test_search.py
-# checks this against KNOBS): their bins are geometric, not arithmetic.
-LOG_KNOBS = frozenset({"pages", "batch"})
 
 # (low, high) knob pairs TrialParams requires in order (low <= high). params()
 # silently raises `high` to `low`, which would move a pinned value out of its bin.

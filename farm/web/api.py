@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from farm.web import actions, auth, queries
 from farm.web import schemas as s
-from farm.web.app import session, state
+from farm.web.deps import session, state
 
 router = APIRouter(tags=["results"])
 DB = Annotated[Session, Depends(session)]
@@ -38,7 +38,7 @@ MUTATION_ERRORS: dict[int | str, dict[str, object]] = {
 @router.get("/overview", response_model=s.Overview)
 def get_overview(request: Request, db: DB) -> s.Overview:
     """Active campaigns, trials per hour (last 24 h), open findings, workers."""
-    return queries.overview(db, state(request).cache)
+    return queries.front_page(db, state(request).cache)
 
 
 @router.get("/findings", response_model=s.FindingList, responses=ERRORS)
@@ -150,7 +150,7 @@ def get_kernels(request: Request, db: DB) -> list[s.KernelInfo]:
 @router.get("/workers", response_model=s.Workers)
 def get_workers(request: Request, db: DB) -> s.Workers:
     """Workers and whether they were heard from in the last few minutes."""
-    return queries.workers(db, state(request).cache)
+    return queries.list_workers(db, state(request).cache)
 
 
 @router.post(

@@ -11,30 +11,29 @@ inline scripts, so escaped guest output could not run even if escaping failed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farm.settings import Settings
 from farm.store import db
-from farm.web import charts, text
+from farm.web import api, charts, pages, text
 from farm.web.actions import ActionError
 from farm.web.auth import Refused
 from farm.web.cache import DEFAULT_TTL_S, TTLCache
+from farm.web.deps import WebState, state
 from farm.web.queries import QueryError
 from farm.web.schemas import ParamRates, Series
 
@@ -80,17 +79,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-@dataclass
-class WebState:
-    """What every request needs: the database, the token and the aggregate cache."""
-
-    engine: Engine
-    sessions: sessionmaker[Session]
-    web_token: str | None
-    cache: TTLCache
-    templates: Jinja2Templates
 
 
 def _query_string(params: dict[str, Any], **changes: Any) -> str:
@@ -147,8 +135,6 @@ def create_app(
     engine: Engine | None = None,
 ) -> FastAPI:
     """The app for one results database. ``web_token`` None refuses every mutation."""
-    from farm.web import api, pages
-
     engine = engine or db.make_engine(database_url)
 
     @asynccontextmanager
@@ -183,16 +169,6 @@ def create_app(
 
 def app_from_settings(settings: Settings, cache_ttl: float = DEFAULT_TTL_S) -> FastAPI:
     return create_app(settings.database_url, web_token=settings.web_token, cache_ttl=cache_ttl)
-
-
-def state(request: Request) -> WebState:
-    return request.app.state.web  # type: ignore[no-any-return]
-
-
-def session(request: Request) -> Iterator[Session]:
-    """A read session per request (rolled back at the end: reads never commit)."""
-    with state(request).sessions() as s:
-        yield s
 
 
 def _is_api(request: Request) -> bool:
@@ -257,11 +233,3 @@ def _add_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()[:5]
         )
         return error_page(request, 400, f"bad request: {problems}")
-
-
-def html(
-    request: Request, template: str, context: dict[str, Any], status: int = 200
-) -> HTMLResponse:
-    """Render a page; ``context`` gets the request's query parameters as ``params``."""
-    context = {"params": dict(request.query_params), **context}
-    return state(request).templates.TemplateResponse(request, template, context, status_code=status)

@@ -15,10 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.control.campaigns import ACTIONS
+from farm.control.liveness import ALIVE_AFTER
 from farm.store.models import Kernel
-from farm.triage.verdict import FINDING_KINDS, KINDS
+from farm.triage.kinds import FINDING_KINDS, KINDS, severity
 from farm.web import actions, auth, queries
-from farm.web.app import html, session, state
+from farm.web.deps import html, session, state
 from farm.web.text import printable
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +41,7 @@ def _kernel_names(db: Session) -> list[str]:
 
 @router.get("/", response_class=HTMLResponse)
 def overview_page(request: Request, db: DB) -> HTMLResponse:
-    data = queries.overview(db, state(request).cache)
+    data = queries.front_page(db, state(request).cache)
     return html(
         request, "overview.html", {"nav": "overview", "o": data, "ttl": state(request).cache.ttl}
     )
@@ -75,7 +76,7 @@ def findings_page(
             "nav": "findings",
             "f": data,
             "fq": query,
-            "kinds": sorted(FINDING_KINDS, key=KINDS.index),
+            "kinds": sorted(FINDING_KINDS, key=severity),
             "kernels": _kernel_names(db),
             "statuses": queries.FINDING_STATUS_FILTERS,
         },
@@ -225,11 +226,11 @@ def kernels_page(request: Request, db: DB) -> HTMLResponse:
 
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, db: DB) -> HTMLResponse:
-    data = queries.workers(db, state(request).cache)
+    data = queries.list_workers(db, state(request).cache)
     return html(
         request,
         "workers.html",
-        {"nav": "workers", "w": data, "alive_minutes": queries.ALIVE_AFTER.total_seconds() / 60},
+        {"nav": "workers", "w": data, "alive_minutes": ALIVE_AFTER.total_seconds() / 60},
     )
 
 

@@ -189,13 +189,13 @@ def fill(sessions: sessionmaker[Session], url: str) -> Filled:
                     }
                 ),
             )
-        worker_model = getattr(models, "Worker", None)
-        if worker_model is not None:
-            s.add(
-                worker_model(
-                    name="host-a", info={"slots": 2, "virt_type": "qemu"}, last_seen=models.utcnow()
-                )
+        s.add(
+            models.Worker(
+                name="host-a",
+                info={"slots": 2, "virt_type": "qemu", "queues": ["zapfarm.k.debian-6.1.0-26"]},
+                last_seen=models.utcnow(),
             )
+        )
 
     kinds = ["clean"] * 6 + ["warning", "rss", "clean", "smaps", "invalid", "infra", "clean", "rss"]
     kernels = list(KERNELS)

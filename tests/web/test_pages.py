@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from farm.store import db
-from farm.store.models import Trial
-from farm.web import queries
+from farm.store.models import Trial, Worker
 
 PAGES = [
     "/",
@@ -240,9 +239,7 @@ def test_campaign_page(client: TestClient) -> None:
     assert listed["items"][0]["token"] is not None
 
 
-def test_kernels_workers_overview(
-    client: TestClient, web_db: Filled, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_kernels_workers_overview(client: TestClient, web_db: Filled) -> None:
     kernels = {k["name"]: k for k in client.get("/api/kernels").json()}
     assert kernels["debian-6.1.0-26"]["trials"] == 21 + 3 + 1 + 4  # nightly, queued, xss, repro
     assert kernels["debian-bullseye-5.10.0-32"]["findings"] == 2
@@ -251,12 +248,24 @@ def test_kernels_workers_overview(
     assert workers["source"] == "workers-table"
     assert [w["name"] for w in workers["items"]] == ["host-a"]
     assert workers["items"][0]["alive"] is True
-    # without a Worker model (an older farm) the page derives workers from results
-    monkeypatch.setattr(queries, "_worker_model", lambda: None)
-    derived = client.get("/api/workers").json()
-    assert derived["source"] == "results"
-    assert {w["name"] for w in derived["items"]} == {"host-a", "host-b"}
-    assert "derived from the worker names" in _page(client, "/workers")
+    # before the scheduler recorded any heartbeat the page derives workers from results
+    engine = db.make_engine(web_db.url)
+    sessions = db.session_factory(engine)
+    with sessions.begin() as s:
+        heard = s.scalars(select(Worker)).all()
+        saved = [(w.name, w.info, w.first_seen, w.last_seen) for w in heard]
+        for w in heard:
+            s.delete(w)
+    try:
+        derived = client.get("/api/workers").json()
+        assert derived["source"] == "results"
+        assert {w["name"] for w in derived["items"]} == {"host-a", "host-b"}
+        assert "derived from the worker names" in _page(client, "/workers")
+    finally:
+        with sessions.begin() as s:
+            for name, info, first, last in saved:
+                s.add(Worker(name=name, info=info, first_seen=first, last_seen=last))
+        engine.dispose()
     overview = client.get("/api/overview").json()
     assert overview["findings_open"] == 4
     assert overview["trials_total"] >= 0

@@ -12,7 +12,7 @@ import pytest
 
 from farm.web import auth, charts, text
 from farm.web.cache import TTLCache
-from farm.web.queries import param_rates, tally
+from farm.web.stats import param_rates, tally
 
 
 def test_visible_escapes_html_and_shows_control_characters() -> None:
