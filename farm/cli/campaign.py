@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -131,7 +132,8 @@ def list_(ctx: click.Context) -> None:
 @click.option("--watch", is_flag=True, help="refresh until the campaign ends (Ctrl-C to leave)")
 @click.pass_context
 def status(ctx: click.Context, name: str, watch: bool) -> None:
-    """Progress, verdict counts and trials per hour of one campaign."""
+    """Progress, verdict counts and trials per hour of one campaign, and what stalls it."""
+    from farm.control.liveness import unserved_kernels
     from farm.control.scheduler import progress
 
     def render() -> tuple[Table, str]:
@@ -141,6 +143,7 @@ def status(ctx: click.Context, name: str, watch: bool) -> None:
             except CampaignError as exc:
                 raise FarmError(str(exc)) from exc
             p = progress(session, row)
+            unserved = unserved_kernels(session, row.status, campaigns.spec_of(row).kernels)
         budget = p["budget"]
         table = Table(title=f"campaign {name}: {p['status']}", show_header=False)
         bar = ""
@@ -152,6 +155,8 @@ def status(ctx: click.Context, name: str, watch: bool) -> None:
         table.add_row("trials in the last hour", str(p["trials_last_hour"]))
         for verdict, count in sorted(p["verdicts"].items(), key=lambda kv: -kv[1]):
             table.add_row(f"  {verdict}", str(count))
+        for message in unserved.values():
+            table.add_row("[bold yellow]warning[/]", escape(message))
         return table, p["status"]
 
     table, state = render()

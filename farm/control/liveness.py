@@ -12,6 +12,7 @@ is how status, the web and the API say so.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.store.models import Worker
-from workers.celery_app import kernel_queue
 
 # A worker heard from more recently counts as live. Generous against the
 # scheduler's 15 s heartbeat: a scheduler restart or one broadcast that timed
@@ -50,6 +50,10 @@ def queues_of(info: Any) -> frozenset[str]:
 
 def serves(queues: Iterable[str], kernel: str) -> bool:
     """Whether a worker consuming ``queues`` runs trials on ``kernel``."""
+    # imported on use: importing workers.celery_app builds the Celery app from the
+    # settings, which the web and the CLI must not do as a side effect of an import
+    from workers.celery_app import kernel_queue
+
     wanted = kernel_queue(kernel)
     return any(q in (wanted, wanted + ".cpu") for q in queues)
 
@@ -63,23 +67,10 @@ def live_queues(session: Session, now: datetime | None = None) -> list[frozenset
     return [queues_of(info) for last_seen, info in rows if is_live(last_seen, now)]
 
 
-def unserved_kernels(
-    session: Session, kernels: Iterable[str], now: datetime | None = None
-) -> list[str]:
-    """The kernels of ``kernels`` that no live worker serves, in the given order."""
-    return _unserved(live_queues(session, now), kernels)
-
-
-def _unserved(queues: list[frozenset[str]], kernels: Iterable[str]) -> list[str]:
-    return [k for k in dict.fromkeys(kernels) if not any(serves(q, k) for q in queues)]
-
-
 def unserved_message(kernel: str, *, any_live: bool = True) -> str:
     """What to tell the person whose campaign waits on ``kernel``: the fact and the fix."""
-    message = (
-        f"no live worker serves kernel {kernel}: start `farm worker --kernel {kernel}` "
-        "on a host that has it"
-    )
+    command = f"farm worker --kernel {shlex.quote(kernel)}"
+    message = f"no live worker serves kernel {kernel}: start `{command}` on a host that has it"
     if not any_live:
         minutes = int(ALIVE_AFTER.total_seconds() // 60)
         message += (
@@ -89,9 +80,19 @@ def unserved_message(kernel: str, *, any_live: bool = True) -> str:
     return message
 
 
-def stall_warnings(
-    session: Session, kernels: Iterable[str], now: datetime | None = None
-) -> list[str]:
-    """One message per kernel of a campaign that no live worker serves (empty: all served)."""
+def unserved_kernels(
+    session: Session, status: str, kernels: Iterable[str], now: datetime | None = None
+) -> dict[str, str]:
+    """Kernels of a campaign (in ``status``) that no live worker serves -> what to tell.
+
+    Empty when every kernel is served, or when the campaign no longer waits for
+    workers (stopped, done).
+    """
+    if status not in ACTIVE_STATUSES:
+        return {}
     queues = live_queues(session, now)
-    return [unserved_message(k, any_live=bool(queues)) for k in _unserved(queues, kernels)]
+    return {
+        k: unserved_message(k, any_live=bool(queues))
+        for k in dict.fromkeys(kernels)
+        if not any(serves(q, k) for q in queues)
+    }

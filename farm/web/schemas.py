@@ -230,6 +230,14 @@ class CampaignDetail(CampaignSummary):
     actions: list[str]  # what the state machine allows next
     stats_max_age_s: float  # aggregates are recounted after this many seconds (cache)
     stats_as_of: datetime | None  # when the shown aggregates were counted (None: just now)
+    unserved_kernels: list[str] = Field(
+        default_factory=list,
+        description="kernels of this active campaign that no live worker serves: "
+        "its trials on them wait until a worker that has the kernel starts",
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="why the campaign may stall, each naming the fix"
+    )
 
 
 class KernelInfo(_Out):

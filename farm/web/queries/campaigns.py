@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from farm.control.campaigns import ACTIONS, TRANSITIONS
+from farm.control.liveness import unserved_kernels
 from farm.store.models import Campaign, Finding, FindingCount, Trial
 from farm.web import schemas as s
 from farm.web import stats
@@ -125,13 +126,15 @@ def allowed_actions(status: str) -> list[str]:
 
 
 def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignDetail | None:
-    """A campaign with its progress, verdicts over time and anomaly rate per knob."""
+    """A campaign with its progress, verdicts over time, anomaly rate per knob and what
+    may stall it (kernels no live worker serves)."""
     campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one_or_none()
     if campaign is None:
         return None
     cid = campaign.id
     counts = status_counts(session, cache, [cid]).get(cid, {})
     summary = campaign_summary(campaign, counts)
+    unserved = unserved_kernels(session, campaign.status, summary.kernels)
     rates, sample = cache.get(
         ("campaign-params", cid), partial(stats.campaign_params, cid), session
     )
@@ -148,6 +151,8 @@ def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignD
         actions=allowed_actions(campaign.status),
         stats_max_age_s=cache.ttl,
         stats_as_of=cache.computed_at(("campaign-verdicts", cid)),
+        unserved_kernels=list(unserved),
+        warnings=list(unserved.values()),
     )
 
 
