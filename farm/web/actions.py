@@ -21,6 +21,7 @@ from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.web import schemas as s
 from farm.web.cache import TTLCache
 from farm.web.queries import campaign_summary, status_counts
+from farm.web.queries.common import storable
 
 MAX_RUNS = 100
 
@@ -50,7 +51,10 @@ def campaign_action(
             400, f"unknown action {action!r}; use one of {', '.join(campaigns.ACTIONS)}"
         )
     with sessions.begin() as session:
-        if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
+        if (
+            not storable(name)
+            or session.scalar(select(Campaign.id).where(Campaign.name == name)) is None
+        ):
             raise ActionError(404, f"no campaign called {name!r}")
         try:
             campaign = campaigns.act(session, name, action)
@@ -100,7 +104,17 @@ def reproduce(
             parsed = SeedToken.parse(token)
         except TokenError as exc:
             raise ActionError(400, str(exc)) from exc
+        except ValueError as exc:  # a malformed override value, e.g. ~pages=--5
+            raise ActionError(
+                400,
+                f"malformed seed token {token[:80]!r} ({exc}): override values are "
+                "numbers or names, e.g. zf2-8188e2f542964e0c~pages=512",
+            ) from exc
         chosen = [k for k in (kernels or []) if k]
+        if not storable(*chosen):
+            raise ActionError(
+                400, "kernel names are printable text: `farm kernels list` names them"
+            )
         if not chosen and finding_id is not None:
             chosen = _default_kernels(session, finding_id)
         if not chosen:

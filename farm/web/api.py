@@ -15,14 +15,18 @@ from sqlalchemy.orm import Session
 
 from farm.web import actions, auth, queries
 from farm.web import schemas as s
-from farm.web.deps import session, state
+from farm.web.deps import Cursor, FindingFilter, FindingId, Limit, PageNo, TrialId, session, state
 
-router = APIRouter(tags=["results"])
+UNAVAILABLE = {
+    503: {
+        "model": s.Problem,
+        "description": "the results database is unreachable or not migrated (`farm db upgrade`)",
+    }
+}
+router = APIRouter(tags=["results"], responses=UNAVAILABLE)
 DB = Annotated[Session, Depends(session)]
 bearer = HTTPBearer(auto_error=False, description="the server's FARM_WEB_TOKEN")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-Limit = Annotated[int, Query(ge=1, le=queries.MAX_PER_PAGE)]
-PageNo = Annotated[int, Query(ge=1)]
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": s.Problem, "description": "a parameter the server cannot use"},
     404: {"model": s.Problem, "description": "no such object"},
@@ -68,7 +72,7 @@ def get_findings(
 
 
 @router.get("/findings/{finding_id}", response_model=s.FindingDetail, responses=ERRORS)
-def get_finding(db: DB, finding_id: int) -> s.FindingDetail:
+def get_finding(db: DB, finding_id: FindingId) -> s.FindingDetail:
     """One finding: report, example console excerpt, counts per kernel and campaign."""
     finding = queries.finding_detail(db, finding_id)
     if finding is None:
@@ -78,7 +82,7 @@ def get_finding(db: DB, finding_id: int) -> s.FindingDetail:
 
 @router.get("/findings/{finding_id}/trials", response_model=s.TrialList, responses=ERRORS)
 def get_finding_trials(
-    db: DB, finding_id: int, cursor: str | None = None, limit: Limit = queries.PER_PAGE
+    db: DB, finding_id: FindingId, cursor: Cursor = None, limit: Limit = queries.PER_PAGE
 ) -> s.TrialList:
     """The trials behind a finding, newest first."""
     return queries.list_trials(db, queries.TrialFilter(finding=finding_id), cursor, limit)
@@ -90,10 +94,10 @@ def get_trials(
     campaign: str | None = None,
     kernel: str | None = None,
     verdict: str | None = None,
-    finding: int | None = None,
+    finding: FindingFilter = None,
     token: str | None = None,
     status: Literal["done", "queued", "running"] = "done",
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Limit = queries.PER_PAGE,
 ) -> s.TrialList:
     """Trials newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""
@@ -109,7 +113,7 @@ def get_trials(
 
 
 @router.get("/trials/{pk}", response_model=s.TrialDetail, responses=ERRORS)
-def get_trial(db: DB, pk: int) -> s.TrialDetail:
+def get_trial(db: DB, pk: TrialId) -> s.TrialDetail:
     """One trial: parameters, seed token, reproduce command, oracles, verdict, console."""
     trial = queries.trial_detail(db, pk)
     if trial is None:

@@ -11,13 +11,13 @@ inline scripts, so escaped guest output could not run even if escaping failed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farm.settings import Settings
@@ -39,6 +40,7 @@ from farm.web.schemas import ParamRates, Series
 
 HERE = Path(__file__).resolve().parent
 API_PREFIX = "/api"
+MAX_PROBLEMS = 20  # validation errors listed in a 422 (a huge body can have thousands)
 
 CSP = "; ".join(
     (
@@ -175,17 +177,51 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith(API_PREFIX + "/") or request.url.path == "/openapi.json"
 
 
-def error_page(request: Request, status: int, message: str) -> Response:
-    """The HTML error page, or a JSON problem under /api."""
+def error_page(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The HTML error page, or a JSON problem under /api; ``headers`` go along (e.g. the
+    ``Allow`` of a 405, which HTTP requires)."""
+    headers = dict(headers or {})
     if _is_api(request):
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     return state(request).templates.TemplateResponse(
         request,
         "error.html",
         {"status": status, "message": message, "nav": ""},
         status_code=status,
+        headers=headers,
     )
+
+
+# What to do about a validation error, where pydantic's message alone does not say
+_HINTS_BY_LOC = {("query", "cursor"): "pass the next_cursor a page gave, or no cursor"}
+_HINTS_BY_TYPE = {
+    "json_invalid": "the body must be JSON",
+    "model_attributes_type": "send a JSON object with Content-Type: application/json",
+}
+UNREADABLE_BODY = (
+    "the body could not be read: send a JSON object encoded as UTF-8 "
+    "with Content-Type: application/json"
+)
+
+
+def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail (``loc``, ``msg``, ``type``) without the offending input.
+
+    The input may be bytes that are not text (a body that is not JSON) or anything a
+    client sent: echoing it back can fail to serialise and only repeats the request.
+    """
+    out = []
+    for e in exc.errors()[:MAX_PROBLEMS]:
+        loc = tuple(p if isinstance(p, int) else str(p) for p in e.get("loc", ()))
+        kind = str(e.get("type", "value_error"))
+        msg = str(e.get("msg", "invalid"))
+        hint = _HINTS_BY_LOC.get(loc[:2]) or _HINTS_BY_TYPE.get(kind)
+        out.append({"loc": list(loc), "msg": f"{msg}: {hint}" if hint else msg, "type": kind})
+    return out
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -215,9 +251,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             "(`farm db upgrade`)?",
         )
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_page(request, exc.status_code, str(exc.detail))
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own are a subclass
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = UNREADABLE_BODY  # FastAPI's words for a body it could not decode
+        return error_page(request, exc.status_code, detail, exc.headers)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -227,7 +266,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": exc.errors()}, status_code=422)
+            return JSONResponse({"detail": validation_problems(exc)}, status_code=422)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
             for e in exc.errors()[:5]

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.web.cache import TTLCache
+from farm.web.queries import CURSOR_HELP, CURSOR_PATTERN, MAX_PAGE, MAX_PER_PAGE
+from farm.web.schemas import MAX_FINDING_ID, MAX_TRIAL_ID
+
+# Request parameters the API and the pages share: their limits are in the OpenAPI
+# document, so a value beyond them is refused by validation (422, or 400 on a page)
+# instead of reaching the database.
+Limit = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]
+PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN, description=CURSOR_HELP)]
+FindingId = Annotated[int, Path(ge=1, le=MAX_FINDING_ID)]
+FindingFilter = Annotated[int | None, Query(ge=1, le=MAX_FINDING_ID)]
+TrialId = Annotated[int, Path(ge=1, le=MAX_TRIAL_ID, description="the trial's row id")]
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,17 @@ from farm.control.liveness import ALIVE_AFTER
 from farm.store.models import Kernel
 from farm.triage.kinds import FINDING_KINDS, KINDS, severity
 from farm.web import actions, auth, queries
-from farm.web.deps import html, session, state
+from farm.web.deps import (
+    Cursor,
+    FindingFilter,
+    FindingId,
+    Limit,
+    PageNo,
+    TrialId,
+    html,
+    session,
+    state,
+)
 from farm.web.text import printable
 
 router = APIRouter(include_in_schema=False)
@@ -57,7 +67,7 @@ def findings_page(
     q: str | None = None,
     sort: str = "last",
     order: str = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNo = 1,
 ) -> HTMLResponse:
     query = queries.FindingQuery(
         status=status,
@@ -85,7 +95,7 @@ def findings_page(
 
 @router.get("/findings/{finding_id}", response_class=HTMLResponse)
 def finding_page(
-    request: Request, db: DB, finding_id: int, cursor: str | None = None
+    request: Request, db: DB, finding_id: FindingId, cursor: Cursor = None
 ) -> HTMLResponse:
     finding = queries.finding_detail(db, finding_id)
     if finding is None:
@@ -109,7 +119,7 @@ def finding_page(
 @router.post("/findings/{finding_id}/reproduce")
 def reproduce_form(
     request: Request,
-    finding_id: int,
+    finding_id: FindingId,
     web_token: Annotated[str, Form()] = "",
     kernels: Annotated[list[str] | None, Form()] = None,
     runs: Annotated[int, Form(ge=1, le=actions.MAX_RUNS)] = 10,
@@ -128,7 +138,7 @@ def campaigns_page(
     db: DB,
     status: str | None = None,
     kind: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNo = 1,
 ) -> HTMLResponse:
     data = queries.list_campaigns(
         db, state(request).cache, status=status or None, kind=kind or None, page=page
@@ -177,11 +187,11 @@ def trials_page(
     campaign: str | None = None,
     kernel: str | None = None,
     verdict: str | None = None,
-    finding: int | None = None,
+    finding: FindingFilter = None,
     token: str | None = None,
     status: str = "done",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=queries.MAX_PER_PAGE)] = queries.PER_PAGE,
+    cursor: Cursor = None,
+    limit: Limit = queries.PER_PAGE,
 ) -> HTMLResponse:
     filt = queries.TrialFilter(
         campaign=campaign or None,
@@ -207,7 +217,7 @@ def trials_page(
 
 
 @router.get("/trials/{pk}", response_class=HTMLResponse)
-def trial_page(request: Request, db: DB, pk: int) -> HTMLResponse:
+def trial_page(request: Request, db: DB, pk: TrialId) -> HTMLResponse:
     trial = queries.trial_detail(db, pk)
     if trial is None:
         raise HTTPException(404, f"no trial {pk}")

@@ -12,6 +12,20 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+from sqlalchemy import BigInteger
+
+from farm.store.models import Finding, Trial
+
+
+def _id_limit(column: Any) -> int:
+    """The largest id ``column`` holds on both backends (PostgreSQL's INTEGER is 32-bit)."""
+    return 2**63 - 1 if isinstance(column.type, BigInteger) else 2**31 - 1
+
+
+# Larger ids are refused by the API's schema: on SQLite they overflow the integer
+# binding, on PostgreSQL the column's type.
+MAX_FINDING_ID = _id_limit(Finding.id)
+MAX_TRIAL_ID = _id_limit(Trial.id)
 
 
 class _Out(BaseModel):
@@ -286,8 +300,8 @@ class ReproductionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token: str | None = None
-    finding_id: int | None = None
+    token: str | None = Field(default=None, description="a seed token, e.g. zf2-8188e2f542964e0c")
+    finding_id: int | None = Field(default=None, ge=1, le=MAX_FINDING_ID)
     kernels: list[str] | None = Field(
         default=None, description="default: the kernels the finding was seen on"
     )

@@ -22,7 +22,7 @@ from farm.web.queries.campaigns import (
     list_campaigns,
     status_counts,
 )
-from farm.web.queries.common import MAX_PER_PAGE, PER_PAGE, QueryError
+from farm.web.queries.common import MAX_PAGE, MAX_PER_PAGE, PER_PAGE, QueryError
 from farm.web.queries.findings import (
     FINDING_STATUS_FILTERS,
     FindingQuery,
@@ -32,6 +32,8 @@ from farm.web.queries.findings import (
 from farm.web.queries.kernels import list_kernels
 from farm.web.queries.overview import front_page
 from farm.web.queries.trials import (
+    CURSOR_HELP,
+    CURSOR_PATTERN,
     TRIAL_STATUS_FILTERS,
     TrialFilter,
     list_trials,
@@ -41,7 +43,10 @@ from farm.web.queries.trials import (
 from farm.web.queries.workers import list_workers
 
 __all__ = [
+    "CURSOR_HELP",
+    "CURSOR_PATTERN",
     "FINDING_STATUS_FILTERS",
+    "MAX_PAGE",
     "MAX_PER_PAGE",
     "PER_PAGE",
     "TRIAL_STATUS_FILTERS",

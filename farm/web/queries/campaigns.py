@@ -20,6 +20,7 @@ from farm.web import schemas as s
 from farm.web import stats
 from farm.web.cache import TTLCache
 from farm.web.queries.common import (
+    MAX_PAGE,
     MAX_PER_PAGE,
     PER_PAGE,
     QueryError,
@@ -28,6 +29,7 @@ from farm.web.queries.common import (
     spec_kernels,
     spec_kind,
     spec_token,
+    storable,
 )
 
 
@@ -82,8 +84,10 @@ def list_campaigns(
     per_page: int = PER_PAGE,
 ) -> s.CampaignList:
     """Campaigns, newest first, with their progress."""
-    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
-        raise QueryError(f"page must be >= 1 and per_page within 1..{MAX_PER_PAGE}")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= MAX_PER_PAGE:
+        raise QueryError(f"page must be within 1..{MAX_PAGE} and per_page within 1..{MAX_PER_PAGE}")
+    if not storable(status, kind):  # nothing stored could match
+        return s.CampaignList(items=[], total=0, page=page, per_page=per_page, pages=1)
     where: list[ColumnElement[bool]] = []
     if status:
         where.append(Campaign.status == status)
@@ -128,6 +132,8 @@ def allowed_actions(status: str) -> list[str]:
 def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignDetail | None:
     """A campaign with its progress, verdicts over time, anomaly rate per knob and what
     may stall it (kernels no live worker serves)."""
+    if not storable(name):
+        return None
     campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one_or_none()
     if campaign is None:
         return None

@@ -10,10 +10,26 @@ from typing import Any
 
 PER_PAGE = 50
 MAX_PER_PAGE = 500
+MAX_PAGE = 1_000_000  # page numbers above this are refused (the offset must stay a small integer)
 
 
 class QueryError(ValueError):
     """A request parameter the queries cannot use (bad cursor, sort, ...); shown as a 400."""
+
+
+def storable(*texts: str | None) -> bool:
+    """Whether a database could hold these strings: a string that none can hold matches
+    nothing (PostgreSQL refuses NUL characters; neither backend stores lone surrogates)."""
+    for text in texts:
+        if text is None:
+            continue
+        if "\x00" in text:
+            return False
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def utc_now() -> datetime:

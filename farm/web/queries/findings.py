@@ -23,6 +23,7 @@ from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
 from farm.triage.kinds import is_run
 from farm.web import schemas as s
 from farm.web.queries.common import (
+    MAX_PAGE,
     MAX_PER_PAGE,
     PER_PAGE,
     QueryError,
@@ -30,6 +31,7 @@ from farm.web.queries.common import (
     spec_budget,
     spec_kernels,
     spec_token,
+    storable,
 )
 from farm.web.queries.trials import trial_detail
 from farm.web.text import excerpt, first_line
@@ -139,8 +141,10 @@ class FindingQuery:
             raise QueryError(
                 f"status must be one of {', '.join(FINDING_STATUS_FILTERS)}, not {self.status!r}"
             )
-        if self.page < 1 or not 1 <= self.per_page <= MAX_PER_PAGE:
-            raise QueryError(f"page must be >= 1 and per_page within 1..{MAX_PER_PAGE}")
+        if not 1 <= self.page <= MAX_PAGE or not 1 <= self.per_page <= MAX_PER_PAGE:
+            raise QueryError(
+                f"page must be within 1..{MAX_PAGE} and per_page within 1..{MAX_PER_PAGE}"
+            )
         return self
 
 
@@ -152,6 +156,8 @@ def _like_pattern(text_: str) -> str:
 def list_findings(session: Session, query: FindingQuery) -> s.FindingList:
     """One page of the findings table (syzbot's bug list)."""
     query = query.checked()
+    if not storable(query.kind, query.kernel, query.q):  # nothing stored could match
+        return s.FindingList(items=[], total=0, page=query.page, per_page=query.per_page, pages=1)
     where: list[ColumnElement[bool]] = []
     if query.status != "all":
         where.append(Finding.status == query.status)
@@ -238,6 +244,8 @@ def finding_summaries(
 
 def finding_detail(session: Session, finding_id: int) -> s.FindingDetail | None:
     """A finding with its report, example console and per-kernel/campaign counts."""
+    if not 1 <= finding_id <= s.MAX_FINDING_ID:
+        return None
     finding = session.get(Finding, finding_id)
     if finding is None:
         return None

@@ -8,6 +8,7 @@ all trials to draw page numbers.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from farm.store.models import Campaign, Kernel, Trial
 from farm.web import schemas as s
-from farm.web.queries.common import MAX_PER_PAGE, PER_PAGE, QueryError
+from farm.web.queries.common import MAX_PER_PAGE, PER_PAGE, QueryError, storable
 from farm.web.stats import EPOCH
 from farm.web.text import stored_console
 
@@ -54,23 +55,23 @@ class TrialFilter:
         return {k: v for k, v in out.items() if v}
 
 
+# A cursor is ``<finished_at in epoch microseconds>_<id>`` of the last trial shown.
+# Queued and running trials (no finish time) order by id alone and write 0.
+CURSOR_PATTERN = r"^[0-9]{1,17}_[0-9]{1,18}$"  # 17 digits: up to year 5138; 18: below 2**63
+CURSOR_HELP = "next_cursor of the previous page (omit for the newest trials)"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+
+
 def _encode_cursor(finished_at: datetime | None, pk: int) -> str:
-    if finished_at is None:
-        return f"i{pk}"
-    micros = (finished_at - EPOCH) // timedelta(microseconds=1)
+    micros = 0 if finished_at is None else (finished_at - EPOCH) // timedelta(microseconds=1)
     return f"{micros}_{pk}"
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime | None, int]:
-    try:
-        if cursor.startswith("i"):
-            return None, int(cursor[1:])
-        micros, pk = cursor.split("_", 1)
-        return EPOCH + timedelta(microseconds=int(micros)), int(pk)
-    except (ValueError, OverflowError):
-        raise QueryError(
-            f"malformed cursor {cursor[:40]!r}: use the next_cursor a page gave"
-        ) from None
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    if not _CURSOR_RE.match(cursor):
+        raise QueryError(f"malformed cursor {cursor[:40]!r}: use the next_cursor a page gave")
+    micros, pk = cursor.split("_", 1)
+    return EPOCH + timedelta(microseconds=int(micros)), int(pk)
 
 
 _TRIAL_COLUMNS = (
@@ -113,6 +114,10 @@ def list_trials(
         raise QueryError(f"limit must be within 1..{MAX_PER_PAGE}")
     if filt.status not in TRIAL_STATUS_FILTERS:
         raise QueryError(f"status must be one of {', '.join(TRIAL_STATUS_FILTERS)}")
+    if not storable(filt.campaign, filt.kernel, filt.verdict, filt.token) or not (
+        filt.finding is None or 1 <= filt.finding <= s.MAX_FINDING_ID
+    ):
+        return s.TrialList(items=[], next_cursor=None)  # nothing stored could match
     where: list[ColumnElement[bool]] = []
     if filt.campaign is not None:  # ids first: the index is on the id, not the name
         campaign_id = session.scalar(select(Campaign.id).where(Campaign.name == filt.campaign))
@@ -136,8 +141,6 @@ def list_trials(
         stmt = stmt.where(Trial.finished_at.is_not(None))
         if after is not None:
             at, pk = after
-            if at is None:
-                raise QueryError("this cursor belongs to a list of queued or running trials")
             # the plain bound lets the index range start at the cursor; the OR breaks ties
             stmt = stmt.where(
                 Trial.finished_at <= at,
@@ -163,6 +166,8 @@ _ORACLE_FIELDS = tuple(s.Oracles.model_fields)
 
 def trial_detail(session: Session, pk: int) -> s.TrialDetail | None:
     """One trial with everything a triager needs to rerun and judge it."""
+    if not 1 <= pk <= s.MAX_TRIAL_ID:
+        return None
     row = session.execute(
         select(Trial, Campaign.name, Kernel.name)
         .join(Kernel, Kernel.id == Trial.kernel_id)
