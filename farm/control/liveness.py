@@ -20,14 +20,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.store.models import Worker
+from farm.protocol import kernel_queue
+from farm.store.models import CampaignStatus, Worker
 
 # A worker heard from more recently counts as live. Generous against the
 # scheduler's 15 s heartbeat: a scheduler restart or one broadcast that timed
 # out must not declare the whole farm dead.
 ALIVE_AFTER = timedelta(minutes=5)
 # the statuses in which a campaign waits for workers
-ACTIVE_STATUSES = frozenset({"created", "running", "paused"})
+ACTIVE_STATUSES = frozenset({CampaignStatus.CREATED, CampaignStatus.RUNNING, CampaignStatus.PAUSED})
 
 
 def is_live(last_seen: datetime | None, now: datetime | None = None) -> bool:
@@ -50,10 +51,6 @@ def queues_of(info: Any) -> frozenset[str]:
 
 def serves(queues: Iterable[str], kernel: str) -> bool:
     """Whether a worker consuming ``queues`` runs trials on ``kernel``."""
-    # imported on use: importing workers.celery_app builds the Celery app from the
-    # settings, which the web and the CLI must not do as a side effect of an import
-    from workers.celery_app import kernel_queue
-
     wanted = kernel_queue(kernel)
     return any(q in (wanted, wanted + ".cpu") for q in queues)
 

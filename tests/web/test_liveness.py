@@ -31,12 +31,12 @@ from farm.control.liveness import (
 )
 from farm.control.localworker import LocalWorker
 from farm.control.scheduler import Scheduler
+from farm.protocol import kernel_queue
 from farm.settings import load_settings
 from farm.store import db
 from farm.store.models import Worker
+from farm.transport import make_app
 from farm.web import create_app
-from workers.celery_app import app as celery_app
-from workers.celery_app import kernel_queue
 from workers.host import queues_for
 
 SERVED, UNSERVED = "live-k-served", "live-k-orphan"
@@ -96,7 +96,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     queues = ",".join(queues_for([SERVED], cpu_control=True))
     worker = LocalWorker(settings, queues, log_file=tmp / "worker.log").start()
     try:
-        scheduler = Scheduler(celery_app, sessions)
+        scheduler = Scheduler(make_app(settings), sessions)
         deadline = time.monotonic() + 90
         while not _heard(sessions, worker):  # the scheduler's heartbeat, until the worker answers
             assert worker.alive(), worker.log_tail()
@@ -180,7 +180,7 @@ def test_a_worker_not_heard_from_is_not_live(farm: Farm, monkeypatch: pytest.Mon
         assert [w["alive"] for w in workers if w["name"] == farm.worker.name] == [False]
     app.state.web.engine.dispose()
     # the next heartbeat that reaches it brings it back, and with it the kernel it serves
-    scheduler = Scheduler(celery_app, farm.sessions)
+    scheduler = Scheduler(make_app(load_settings()), farm.sessions)
     deadline = time.monotonic() + 30
     while farm.worker.name not in scheduler.heartbeat():
         assert time.monotonic() < deadline, farm.worker.log_tail()

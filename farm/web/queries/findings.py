@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from farm.store.models import Campaign, Finding, FindingCount, Kernel, Trial
+from farm.store.models import Campaign, Finding, FindingCount, FindingStatus, Kernel, Trial
 from farm.triage.kinds import is_run
 from farm.web import schemas as s
 from farm.web.queries.common import (
@@ -44,7 +44,7 @@ FINDING_SORTS: dict[str, Any] = {
     "last": Finding.last_seen,
     "id": Finding.id,
 }
-FINDING_STATUS_FILTERS = ("open", "fixed", "invalid", "gone", "all")
+FINDING_STATUS_FILTERS = (*(str(v) for v in FindingStatus), "all")
 
 
 @dataclass

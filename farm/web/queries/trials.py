@@ -17,13 +17,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from farm.store.models import Campaign, Kernel, Trial
+from farm.store.models import Campaign, Kernel, Trial, TrialStatus
 from farm.web import schemas as s
 from farm.web.queries.common import MAX_PER_PAGE, PER_PAGE, QueryError, storable
 from farm.web.stats import EPOCH
 from farm.web.text import stored_console
 
-TRIAL_STATUS_FILTERS = ("done", "queued", "running")
+TRIAL_STATUS_FILTERS = tuple(
+    str(v) for v in (TrialStatus.DONE, TrialStatus.QUEUED, TrialStatus.RUNNING)
+)
 
 
 def reproduce_command(token: str, kernel: str) -> str:
