@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from farm.store.models import CampaignStatus, TrialStatus
 from farm.web import actions, auth, queries
 from farm.web import schemas as s
 from farm.web.deps import Cursor, FindingFilter, FindingId, Limit, PageNo, TrialId, session, state
@@ -96,7 +97,7 @@ def get_trials(
     verdict: str | None = None,
     finding: FindingFilter = None,
     token: str | None = None,
-    status: Literal["done", "queued", "running"] = "done",
+    status: TrialStatus = TrialStatus.DONE,
     cursor: Cursor = None,
     limit: Limit = queries.PER_PAGE,
 ) -> s.TrialList:
@@ -125,7 +126,7 @@ def get_trial(db: DB, pk: TrialId) -> s.TrialDetail:
 def get_campaigns(
     request: Request,
     db: DB,
-    status: Literal["created", "running", "paused", "stopped", "done"] | None = None,
+    status: CampaignStatus | None = None,
     kind: Literal["fuzz", "reproduce", "demo"] | None = None,
     page: PageNo = 1,
     per_page: Limit = queries.PER_PAGE,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from farm.control.campaigns import ACTIONS
 from farm.control.liveness import ALIVE_AFTER
-from farm.store.models import Kernel
+from farm.store.models import FindingStatus, Kernel, TrialStatus
 from farm.triage.kinds import FINDING_KINDS, KINDS, severity
 from farm.web import actions, auth, queries
 from farm.web.deps import (
@@ -61,7 +61,7 @@ def overview_page(request: Request, db: DB) -> HTMLResponse:
 def findings_page(
     request: Request,
     db: DB,
-    status: str = "open",
+    status: str = FindingStatus.OPEN,
     kind: str | None = None,
     kernel: str | None = None,
     q: str | None = None,
@@ -189,7 +189,7 @@ def trials_page(
     verdict: str | None = None,
     finding: FindingFilter = None,
     token: str | None = None,
-    status: str = "done",
+    status: str = TrialStatus.DONE,
     cursor: Cursor = None,
     limit: Limit = queries.PER_PAGE,
 ) -> HTMLResponse:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from farm.control.campaigns import ACTIONS, TRANSITIONS
 from farm.control.liveness import unserved_kernels
-from farm.store.models import Campaign, Finding, FindingCount, Trial
+from farm.store.models import Campaign, Finding, FindingCount, Trial, TrialStatus
 from farm.web import schemas as s
 from farm.web import stats
 from farm.web.cache import TTLCache
@@ -68,9 +68,9 @@ def campaign_summary(campaign: Campaign, counts: dict[str, int]) -> s.CampaignSu
         token=spec_token(campaign.spec),
         budget_trials=trials,
         budget_hours=hours,
-        done=counts.get("done", 0),
-        queued=counts.get("queued", 0),
-        running=counts.get("running", 0),
+        done=counts.get(TrialStatus.DONE, 0),
+        queued=counts.get(TrialStatus.QUEUED, 0),
+        running=counts.get(TrialStatus.RUNNING, 0),
     )
 
 

@@ -19,7 +19,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from farm.store.models import Campaign, Finding, FindingCount, FindingStatus, Kernel, Trial
+from farm.store.models import (
+    Campaign,
+    CampaignStatus,
+    Finding,
+    FindingCount,
+    FindingStatus,
+    Kernel,
+    Trial,
+    TrialStatus,
+)
 from farm.triage.kinds import is_run
 from farm.web import schemas as s
 from farm.web.queries.common import (
@@ -60,7 +69,7 @@ class _ReproCampaign:
 
     @property
     def pending(self) -> int:
-        if self.status in ("stopped", "done") or self.budget is None:
+        if self.status in (CampaignStatus.STOPPED, CampaignStatus.DONE) or self.budget is None:
             return 0
         return max(0, self.budget - self.done)
 
@@ -87,7 +96,7 @@ def _repro_campaigns(session: Session, tokens: Iterable[str]) -> dict[str, list[
     if by_id:  # ix_trials_campaign_status narrows it; reproduce campaigns are small
         counted = session.execute(
             select(Trial.campaign_id, Trial.finding_id, Trial.verdict, func.count())
-            .where(Trial.campaign_id.in_(list(by_id)), Trial.status == "done")
+            .where(Trial.campaign_id.in_(list(by_id)), Trial.status == TrialStatus.DONE)
             .group_by(Trial.campaign_id, Trial.finding_id, Trial.verdict)
         ).all()
         for campaign_id, finding_id, verdict, n in counted:
@@ -123,7 +132,7 @@ def _reproducibility(
 class FindingQuery:
     """The findings table's filters and order, as query parameters spell them."""
 
-    status: str = "open"
+    status: str = FindingStatus.OPEN
     kind: str | None = None
     kernel: str | None = None
     q: str | None = None

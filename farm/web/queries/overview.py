@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from farm.control.liveness import ACTIVE_STATUSES
-from farm.store.models import Campaign, Finding, Trial
+from farm.store.models import Campaign, Finding, FindingStatus, Trial
 from farm.triage.kinds import KINDS
 from farm.web import schemas as s
 from farm.web.cache import TTLCache
@@ -54,7 +54,9 @@ def front_page(session: Session, cache: TTLCache) -> s.Overview:
     """The front page: active campaigns, trials per hour, open findings, workers."""
     total, exact = trials_total(session, cache)
     findings_open = int(
-        session.scalar(select(func.count()).select_from(Finding).where(Finding.status == "open"))
+        session.scalar(
+            select(func.count()).select_from(Finding).where(Finding.status == FindingStatus.OPEN)
+        )
         or 0
     )
     active = list(
@@ -70,7 +72,7 @@ def front_page(session: Session, cache: TTLCache) -> s.Overview:
     recent = session.execute(
         select(Finding, Trial.token)
         .outerjoin(Trial, Trial.id == Finding.example_trial_id)
-        .where(Finding.status == "open")
+        .where(Finding.status == FindingStatus.OPEN)
         .order_by(Finding.last_seen.desc(), Finding.id.desc())
         .limit(10)
     ).all()

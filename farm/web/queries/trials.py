@@ -42,7 +42,7 @@ class TrialFilter:
     verdict: str | None = None
     finding: int | None = None
     token: str | None = None
-    status: str = "done"
+    status: str = TrialStatus.DONE
 
     def as_params(self) -> dict[str, str]:
         """The filters as query parameters (for links to the next page)."""
@@ -52,7 +52,7 @@ class TrialFilter:
             "verdict": self.verdict,
             "finding": None if self.finding is None else str(self.finding),
             "token": self.token,
-            "status": None if self.status == "done" else self.status,
+            "status": None if self.status == TrialStatus.DONE else self.status,
         }
         return {k: v for k, v in out.items() if v}
 
@@ -139,7 +139,7 @@ def list_trials(
         where.append(Trial.token == filt.token.strip())
     stmt = _TRIAL_SELECT.where(*where)
     after = _decode_cursor(cursor) if cursor else None
-    if filt.status == "done":
+    if filt.status == TrialStatus.DONE:
         stmt = stmt.where(Trial.finished_at.is_not(None))
         if after is not None:
             at, pk = after
@@ -159,7 +159,9 @@ def list_trials(
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
-        next_cursor = _encode_cursor(last.finished_at if filt.status == "done" else None, last.id)
+        next_cursor = _encode_cursor(
+            last.finished_at if filt.status == TrialStatus.DONE else None, last.id
+        )
     return s.TrialList(items=items, next_cursor=next_cursor)
 
 
@@ -206,5 +208,5 @@ def trial_detail(session: Session, pk: int) -> s.TrialDetail | None:
         started_at=trial.started_at,
         oracles=s.Oracles(**{name: getattr(trial, name) for name in _ORACLE_FIELDS}),
         console=console,
-        console_kept=bool(console) or trial.status != "done",
+        console_kept=bool(console) or trial.status != TrialStatus.DONE,
     )
