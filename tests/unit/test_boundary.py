@@ -104,8 +104,8 @@ def _module_graph() -> dict[str, set[str]]:
         name = name.removesuffix(".__init__")
         tree = ast.parse(path.read_text())
         deps: set[str] = set()
-        # module-level imports only: an import inside a function runs after both modules loaded
-        for node in tree.body:
+        # lazy imports inside functions count too: a cycle through them is still a cycle
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 for alias in node.names:
                     full = f"{node.module}.{alias.name}"
