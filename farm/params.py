@@ -78,6 +78,15 @@ def _one_of(options: tuple[str, ...]) -> Callable[[Any], bool]:
     return lambda v: v in options
 
 
+# The cost model's constants (TrialParams.expected_s, docs/timing.md): seconds of a
+# 2-vCPU TCG guest at full speed. Measured: 4096 pages x 2 rounds with batch 1 ~6 s,
+# x 4 rounds ~10 s; 4096 pages with mixed batches ~2 s; a 30 % quota ~3x slower.
+COST_BASE_S = 1.0  # program start, populate, oracles, teardown
+COST_PAGE_S = 0.25e-3  # per page and round: populate, punch, migration of one page
+COST_CALL_S = 0.5e-3  # per move_pages() call (pages / batch of them per round)
+COST_EXTRA_EVICTOR = 0.25  # each evictor thread after the first
+COST_PRESSURE_MB = 128.0  # pressure_mb of churn doubles the work
+
 # Hard limits: what the trial program and the guest accept. Draws stay inside
 # a narrower default range; overrides (presets, minimization) may use the rest.
 MAX_PAGES = 1 << 16  # 256 MiB of 4 KiB pages: the seed program's buffer
@@ -227,6 +236,26 @@ class TrialParams:
     @property
     def buffer_bytes(self) -> int:
         return self.pages * 4096
+
+    def expected_s(self) -> float:
+        """What this trial is expected to take in a TCG guest, in seconds: the cost model.
+
+        Calibrated on measurements in a 2-vCPU TCG guest on a 2-core host
+        (docs/timing.md): the race costs ~0.25 ms per page and round plus
+        ~0.5 ms per ``move_pages()`` call (so single-page batches cost three
+        times as much), a vCPU quota divides the guest's speed by its fraction,
+        both vCPUs on one host CPU halve it, memory pressure and a second evictor
+        compete for the same vCPUs. It is an estimate, deliberately on the slow
+        side: the deadline built from it (``farm.timing.trial_deadline_s``) must
+        leave a merely slow trial time to finish.
+        """
+        page_rounds = self.pages * self.rounds
+        work = COST_BASE_S + page_rounds * (COST_PAGE_S + COST_CALL_S / self.batch)
+        work *= 1.0 + COST_EXTRA_EVICTOR * (self.evictors - 1)
+        work *= 1.0 + self.pressure_mb / COST_PRESSURE_MB
+        if self.vcpu_pin == "same":
+            work *= 2.0
+        return work * 100.0 / self.cpu_quota_pct
 
 
 @dataclass(frozen=True)

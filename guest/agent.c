@@ -52,6 +52,7 @@
 #define MAX_DEADLINE_MS (24LL * 3600 * 1000)
 #define LINGER_MS 100			/* after the child exits, wait this long for EOF */
 #define KILL_WAIT_MS 5000		/* after SIGKILL, wait this long to reap */
+#define HEARTBEAT_MS 2000		/* while a trial runs: "still here", with its CPU time */
 #define CONSOLE_LOGLEVEL 7		/* everything but KERN_DEBUG on ttyS0 (hung-task traces are KERN_INFO) */
 
 static const char *tty_path = "/dev/ttyS1";
@@ -736,13 +737,60 @@ static void visit_all_cpus(void)
 	sched_setaffinity(0, sizeof(orig), &orig);
 }
 
+/* CPU time (user + system, all threads) of process `pid` in ms, or -1. */
+static long long cpu_ms_of(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long utime, stime;
+	long hz = sysconf(_SC_CLK_TCK);
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');	/* comm may hold spaces and parentheses */
+	/* after ")": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime */
+	if (!p || hz <= 0 ||
+	    sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+		return -1;
+	return (long long)((utime + stime) * 1000ULL / (unsigned long long)hz);
+}
+
+/*
+ * Tell the host the guest is alive and whether the trial makes progress: the
+ * host calls a trial hung only when these stop (and the console is silent) or
+ * when the program's CPU time stands still, never merely because it is slow.
+ */
+static void send_heartbeat(const char *id, pid_t pid, uint64_t elapsed)
+{
+	struct sbuf b = { 0 };
+	long long cpu = cpu_ms_of(pid);
+
+	sb_printf(&b, "{\"op\": \"heartbeat\", \"id\": ");
+	sb_json_str(&b, id);
+	sb_printf(&b, ", \"elapsed_ms\": %llu, \"cpu_ms\": ", (unsigned long long)elapsed);
+	if (cpu >= 0)
+		sb_printf(&b, "%lld}", cpu);
+	else
+		sb_add(&b, "null}", 5);
+	send_frame(&b);
+	free(b.data);
+}
+
 static void run_trial(const struct request *rq)
 {
 	static char scratch[16384];
 	struct sbuf out = { 0 }, reply = { 0 };
 	int pipe_out[2], pipe_exec[2], exec_errno = 0, wstatus = 0;
 	bool reaped = false, exited = false, timed_out = false, truncated = false, killed = false;
-	uint64_t start, deadline, linger = 0, elapsed;
+	uint64_t start, deadline, linger = 0, elapsed, next_beat;
 	pid_t pid;
 
 	if (rq->deadline_ms < 1 || rq->deadline_ms > MAX_DEADLINE_MS) {
@@ -793,6 +841,7 @@ static void run_trial(const struct request *rq)
 	if (exec_errno)
 		close(pipe_out[0]), pipe_out[0] = -1;
 	deadline = start + (uint64_t)rq->deadline_ms;
+	next_beat = start + HEARTBEAT_MS;
 
 	while (!reaped) {
 		struct pollfd pfd[3] = {
@@ -800,8 +849,13 @@ static void run_trial(const struct request *rq)
 			{ .fd = sigchld_pipe[0], .events = POLLIN },
 			{ .fd = tty_poll_fd(), .events = POLLIN },
 		};
-		uint64_t now = now_ms(), until = linger ? linger : deadline;
+		uint64_t now = now_ms(), until = linger ? linger : deadline, wake;
 		siginfo_t si = { 0 };
+
+		if (now >= next_beat) {
+			send_heartbeat(rq->id, pid, now - start);
+			next_beat = now + HEARTBEAT_MS;
+		}
 
 		if (now >= until) {
 			if (exited && pipe_out[0] >= 0 && !killed) {
@@ -820,7 +874,8 @@ static void run_trial(const struct request *rq)
 			}
 			continue;
 		}
-		if (poll(pfd, 3, (int)(until - now)) < 0 && errno != EINTR)
+		wake = until < next_beat ? until : next_beat;
+		if (poll(pfd, 3, (int)(wake - now)) < 0 && errno != EINTR)
 			die("poll: %s", strerror(errno));
 		if (pfd[0].revents) {
 			char *dst = scratch;

@@ -8,17 +8,21 @@ or every ``reboot_every`` trials.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
 from farm.settings import Settings
-from workers.domain import find_emulator
+from workers.connection import open_connection
+from workers.domain import NAME_PREFIX, find_emulator
 from workers.probe import detect_virt_type
-from workers.vm import Guest, GuestConfig
+from workers.vm import Guest, GuestConfig, GuestError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class GuestPool:
     cpus: int = 2
     boot_deadline_s: float = 90.0
     reboot_every: int = 50
+    connect: Callable[[], libvirt.virConnect] | None = None  # reopens a connection libvirtd closed
     guests: dict[str, Guest] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +55,7 @@ class GuestPool:
             memory_mb=settings.guest_memory_mb,
             cpus=settings.guest_cpus,
             boot_deadline_s=settings.boot_deadline_s,
+            connect=lambda: open_connection(settings.libvirt_uri),
         )
 
     def config(self, kernel_name: str, kernel: Path) -> GuestConfig:
@@ -80,8 +86,37 @@ class GuestPool:
             find_emulator(),
         )
 
+    def connected(self) -> bool:
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def reconnect(self) -> None:
+        """After libvirtd restarted: forget the guests (gone with the old connection, which
+        AUTODESTROY tied them to) and open a new connection; destroy any of this process's
+        domains that outlived it."""
+        if self.connect is None:
+            return
+        for guest in self.guests.values():
+            guest.channel = None  # its stream died with the connection
+            guest.dom = None
+        self.guests.clear()
+        self.conn = self.connect()
+        prefix = f"{NAME_PREFIX}{os.getpid()}-"
+        for dom in self.conn.listAllDomains():
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.name().startswith(prefix) and dom.isActive():
+                    dom.destroy()
+                    log.warning("destroyed %s, left from before libvirtd restarted", dom.name())
+
     def acquire(self, kernel_name: str, kernel: Path) -> tuple[Guest, bool]:
         """A booted guest for this kernel, and whether it was booted just now."""
+        if not self.connected():
+            try:
+                self.reconnect()
+            except Exception as exc:  # reported as the infra error it is
+                raise GuestError(f"libvirtd is unreachable and reconnecting failed: {exc}") from exc
         guest = self.guests.get(kernel_name)
         if guest is not None and (guest.config.kernel != kernel or not guest.alive()):
             self.retire(kernel_name)

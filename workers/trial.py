@@ -1,7 +1,7 @@
 """One trial on a worker: message in, validated and bounded TrialResult out.
 
 This never raises for anything a guest or the hypervisor does: every failure
-becomes an outcome (``infra-error``, ``guest-died``, ``timeout``, ...) with a
+becomes an outcome (``infra-error``, ``guest-died``, ``timeout``, ``slow``, ...) with a
 clear error, so the control plane always gets a record and nothing is lost.
 """
 
@@ -22,10 +22,11 @@ from farm.protocol import (
     clip,
     parse_program_output,
 )
+from farm.timing import ANSWER_GRACE_S, KILL_WAIT_S, NO_PROGRESS_S
 from farm.triage.engine import parse as parse_console
 from workers.host import can_limit_cpu
 from workers.pool import GuestPool
-from workers.vm import Guest, GuestError
+from workers.vm import DomainState, Guest, GuestError, TrialRun
 
 MAX_TRIAL_ID = 128
 
@@ -102,13 +103,13 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         "console": console,
         "console_truncated": console_truncated,
     }
-    tainted = run.died or run.hung or bool(parse_console(run.console))
+    reports = parse_console(run.console)
+    tainted = run.answer is None or bool(reports)
     pool.release(kernel_name, tainted=tainted)
 
-    if run.died:
-        return finish("guest-died", "the guest stopped during the trial", **common)
-    if run.hung or run.answer is None:
-        return finish("timeout", f"no answer from the guest within {deadline_s:.0f} s", **common)
+    if run.answer is None:
+        outcome, error = no_answer(run, deadline_s, any(r.fatal for r in reports))
+        return finish(outcome, error, **common)
 
     answer = run.answer
     status = answer.get("status")
@@ -119,9 +120,21 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         "signal": _int_or_none(answer.get("signal")),
         "elapsed_ms": max(0, _int_or_none(answer.get("elapsed_ms")) or 0),
     }
+    if status == "timeout" and run.program_stalled:
+        return finish(
+            "timeout",
+            f"trial program stopped making progress (its CPU time stood still for "
+            f"{NO_PROGRESS_S:.0f} s) and was killed at its {deadline_s:.0f} s deadline",
+            output=output,
+            **fields,
+        )
     if status == "timeout":
         return finish(
-            "timeout", f"trial program still running at {deadline_s:.0f} s", output=output, **fields
+            "slow",
+            f"trial program still making progress at its {deadline_s:.0f} s deadline "
+            "(killed): slow, not hung; its oracles were never read",
+            output=output,
+            **fields,
         )
     if status != "exited":
         why = str(answer.get("error") or f"status {status!r}")
@@ -133,6 +146,35 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
     except ResultError as exc:
         return finish("program-error", str(exc), output=output, **fields)
     return finish("ok", program.error, program=program, **fields)
+
+
+def no_answer(run: TrialRun, deadline_s: float, panicked: bool) -> tuple[str, str]:
+    """The outcome of a trial the agent never answered, and why: ask before blaming the kernel.
+
+    A kernel that panicked, or a domain libvirt saw crash, is the guest's doing
+    (``guest-died``); a guest that runs but went silent, no heartbeat and no
+    console for the no-progress window, is hung (``timeout``). A domain that is
+    gone without a panic on its console, a libvirtd that does not answer, a
+    channel that broke under a running domain: infrastructure (``infra-error``),
+    which the control plane retries.
+    """
+    if panicked:
+        return "guest-died", f"the guest kernel panicked (domain {run.state})"
+    if run.state == DomainState.CRASHED:
+        return "guest-died", "libvirt reports the guest crashed"
+    if run.state == DomainState.RUNNING and run.stalled:
+        return "timeout", (
+            f"the guest stopped making progress: no heartbeat and no console output for "
+            f"{NO_PROGRESS_S:.0f} s ({run.heartbeats} heartbeats before)"
+        )
+    why = run.broken or (
+        "no answer by the trial's deadline plus grace "
+        f"({deadline_s:.0f} s + {KILL_WAIT_S + ANSWER_GRACE_S:.0f} s) though the guest kept beating"
+    )
+    return (
+        "infra-error",
+        f"{why}; libvirt says the domain is {run.state}, the console shows no panic",
+    )
 
 
 def _guest_info(guest: Guest) -> GuestInfo:

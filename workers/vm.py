@@ -20,11 +20,11 @@ from typing import Any
 
 import libvirt
 
+from farm.timing import ANSWER_GRACE_S, KILL_WAIT_S, MARKER_WAIT_S, NO_PROGRESS_S, ProgressWatch
 from workers.channel import Channel, ChannelError
 from workers.domain import NAME_PREFIX, DomainSpec, render
 
-READY_GRACE_S = 15.0  # the agent answers this long after its own deadline, or the guest is hung
-MARKER_WAIT_S = 10.0  # the end marker reaches the console file this soon after the answer
+POLL_S = 1.0  # how often the wait for an answer looks at the console and the connection
 MAX_CONSOLE_READ = 4 << 20  # console bytes read per trial; the excerpt keeps 256 KiB of them
 SHARED_IMAGES = Path("/var/lib/zapfarm/images")
 
@@ -49,14 +49,38 @@ class GuestConfig:
     boot_deadline_s: float = 90.0
 
 
+class DomainState:
+    """What libvirt says about a guest whose channel broke or went quiet (``Guest.state``)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    CRASHED = "crashed"  # libvirt saw the guest crash (or shut off for that reason)
+    SHUTOFF = "shutoff"  # stopped for another reason (destroyed, reset with on_reboot=destroy)
+    GONE = "gone"  # no such domain any more
+    UNREACHABLE = "unreachable"  # libvirtd does not answer: nothing is known about the guest
+
+
 @dataclass
 class TrialRun:
     """What one trial produced on the guest, before validation."""
 
     answer: dict[str, Any] | None  # the agent's result message, None if it never came
     console: str
-    died: bool = False
-    hung: bool = False
+    broken: str | None = None  # why the control channel broke, if it did
+    stalled: bool = False  # no heartbeat and no console output for the no-progress window
+    program_stalled: bool = False  # the agent beat, but the program's CPU time stood still
+    state: str = DomainState.RUNNING  # libvirt's word on the domain when no answer came
+    heartbeats: int = 0
+
+    @property
+    def died(self) -> bool:
+        """The guest stopped in a way only the guest can cause (libvirt saw a crash)."""
+        return self.answer is None and self.state == DomainState.CRASHED
+
+    @property
+    def hung(self) -> bool:
+        """The guest runs but stopped making progress: no heartbeat, no console."""
+        return self.answer is None and self.stalled and self.state == DomainState.RUNNING
 
 
 @dataclass
@@ -126,40 +150,101 @@ class Guest:
         self.ready = ready
         self.boot_seconds = time.monotonic() - started
 
-    def run(self, trial_id: str, argv: list[str], deadline_s: float) -> TrialRun:
-        """Run one trial program in the guest and cut its console excerpt."""
+    def run(
+        self,
+        trial_id: str,
+        argv: list[str],
+        deadline_s: float,
+        *,
+        no_progress_s: float = NO_PROGRESS_S,
+    ) -> TrialRun:
+        """Run one trial program in the guest and cut its console excerpt.
+
+        Waits for the answer as long as the guest makes progress (heartbeats from
+        the agent, console output), up to the agent's own deadline plus its kill
+        wait and a grace; a guest silent for ``no_progress_s`` is stalled. When no
+        answer came, libvirt is asked what became of the domain (``state``), so
+        that a libvirtd restart is not mistaken for a dead kernel.
+        """
         if self.channel is None:
             raise GuestError("guest is not booted")
         self.trials += 1
         offset = self._console_size()
         request = {"op": "run", "id": trial_id, "argv": argv, "deadline_ms": int(deadline_s * 1000)}
         answer: dict[str, Any] | None = None
-        died = hung = False
+        broken: str | None = None
+        started = time.monotonic()
+        watch = ProgressWatch(started, no_progress_s)
+        watch.console(started, offset)
+        cap = started + deadline_s + KILL_WAIT_S + ANSWER_GRACE_S
         try:
             self.channel.send(request)
-            wait_until = time.monotonic() + deadline_s + READY_GRACE_S
             while answer is None:
-                left = wait_until - time.monotonic()
-                message = self.channel.receive(max(0.0, left))
-                if message is None:
+                now = time.monotonic()
+                watch.console(now, self._console_size())
+                if now >= cap or watch.guest_stalled(now):
                     break
-                if message.get("id") != trial_id:
-                    continue  # a late answer to an earlier request, or a frame-level error
-                if message.get("op") == "result":
+                if not self._connected():
+                    broken = "the libvirt connection closed (libvirtd restarted or gone?)"
+                    break
+                message = self.channel.receive(max(0.0, min(POLL_S, cap - now)))
+                if message is None or message.get("id") != trial_id:
+                    continue  # a poll tick, a late answer to an earlier request, a frame error
+                op = message.get("op")
+                if op == "heartbeat":
+                    cpu = message.get("cpu_ms")
+                    valid = isinstance(cpu, int) and not isinstance(cpu, bool) and cpu >= 0
+                    watch.heartbeat(time.monotonic(), cpu if valid else None)
+                elif op == "result":
                     answer = message
-                elif message.get("op") == "error":  # the agent refused the request
+                elif op == "error":  # the agent refused the request
                     answer = {"status": "error", "error": str(message.get("error", ""))[:500]}
-        except ChannelError:
-            died = True
-        if answer is None and not died:
-            died = not self.alive()
-            hung = not died
+        except ChannelError as exc:
+            broken = str(exc)[:500]
+        now = time.monotonic()
+        state = DomainState.RUNNING
         if answer is not None:
             self._wait_for(f"zapfarm: trial {trial_id} end", offset)
         else:
+            state = self.state()
             time.sleep(1.0)  # let a panic's last lines reach the file
-        console = self._excerpt(trial_id, offset)
-        return TrialRun(answer=answer, console=console, died=died, hung=hung)
+        return TrialRun(
+            answer=answer,
+            console=self._excerpt(trial_id, offset),
+            broken=broken,
+            stalled=answer is None and broken is None and watch.guest_stalled(now),
+            program_stalled=watch.program_stalled(now),
+            state=state,
+            heartbeats=watch.heartbeats,
+        )
+
+    def _connected(self) -> bool:
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def state(self) -> str:
+        """libvirt's word on this guest (a ``DomainState``), asked before blaming the kernel."""
+        if self.dom is None:
+            return DomainState.GONE
+        if not self._connected():
+            return DomainState.UNREACHABLE
+        try:
+            state, reason = self.dom.state()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return DomainState.GONE
+            return DomainState.UNREACHABLE
+        if state == libvirt.VIR_DOMAIN_CRASHED or (
+            state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED
+        ):
+            return DomainState.CRASHED
+        if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN):
+            return DomainState.SHUTOFF
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            return DomainState.PAUSED
+        return DomainState.RUNNING
 
     def alive(self) -> bool:
         if self.dom is None:

@@ -10,6 +10,7 @@ junk, corrupt frames and malformed requests are answered and survived.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -38,6 +39,9 @@ case "$1" in
   exit) exit "$2" ;;
   term) kill -TERM $$ ;;
   sleep) printf 'before'; sleep "$2" ;;
+  spin) end=$(( $(date +%s) + $2 ))  # builtins between clock reads: CPU of this process
+        while [ "$(date +%s)" -lt "$end" ]; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done
+        printf 'spun' ;;
   orphan) sleep 30 & printf 'parent done' ;;
   *) printf 'unknown mode %s' "$1"; exit 9 ;;
 esac
@@ -50,6 +54,7 @@ class Line:
 
     master: int
     inbox: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    heartbeats: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     junk: bytearray = field(default_factory=bytearray)
     bad_frames: list[bytes] = field(default_factory=list)
     frames: int = 0
@@ -101,7 +106,11 @@ class Line:
             self.bad_frames.append(line)
             return
         self.frames += 1
-        self.inbox.put(json.loads(payload))
+        message = json.loads(payload)
+        if message.get("op") == "heartbeat":  # asynchronous: kept apart from the answers
+            self.heartbeats.append((time.monotonic(), message))
+        else:
+            self.inbox.put(message)
 
     def send_raw(self, data: bytes) -> None:
         while data:
@@ -252,6 +261,26 @@ def test_deadline_kills_the_process_group(line: Line) -> None:
     assert time.monotonic() - started < 3
     assert (answer["status"], answer["output"]) == ("exited", "parent done")
     assert line.request({"op": "ping", "id": "after"})["op"] == "pong"
+
+
+def test_heartbeats_while_a_trial_runs_carry_its_cpu_time(line: Line) -> None:
+    """A trial that burns CPU shows rising cpu_ms; one asleep shows none: slow vs stopped."""
+    line.receive()
+    answer = run(line, "spin", "spin", "5", deadline_ms=20000)
+    assert (answer["status"], answer["output"]) == ("exited", "spun")
+    beats = [m for _, m in line.heartbeats if m["id"] == "spin"]
+    times = [t for t, m in line.heartbeats if m["id"] == "spin"]
+    assert 2 <= len(beats) <= 4, beats  # every 2 s of a ~5 s trial
+    assert all(b - a > 1.5 for a, b in itertools.pairwise(times)), times
+    assert [m["elapsed_ms"] for m in beats] == sorted(m["elapsed_ms"] for m in beats)
+    cpu = [m["cpu_ms"] for m in beats]
+    assert all(b - a >= 200 for a, b in itertools.pairwise(cpu)), cpu  # busy: rising
+    line.heartbeats.clear()
+    answer = run(line, "nap", "sleep", "5", deadline_ms=20000)
+    assert answer["status"] == "exited"
+    naps = [m["cpu_ms"] for _, m in line.heartbeats if m["id"] == "nap"]
+    assert len(naps) >= 2 and naps[-1] - naps[0] <= 20, naps  # asleep: no progress
+    assert not [m for _, m in line.heartbeats if m["id"] != "nap"]
 
 
 def test_missing_program_is_an_error_status(binaries: tuple[Path, Path], tmp_path: Path) -> None:
