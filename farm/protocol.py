@@ -89,7 +89,8 @@ class ProgramOutput(_Strict):
 Outcome = Literal[
     "ok",  # the agent answered and the program printed valid JSON
     "program-error",  # the agent answered, the program's output is missing or invalid
-    "timeout",  # the program was still running at its deadline (the agent killed it)
+    "timeout",  # stopped making progress: a silent guest, or a program whose CPU time stood still
+    "slow",  # still making progress at its deadline (the agent killed it): not hung, not judged
     "guest-died",  # the guest stopped answering: panic, reset, or the domain is gone
     "invalid-guest",  # the guest cannot run this trial (fewer than 2 NUMA nodes)
     "infra-error",  # boot failure, libvirt error, missing image: not the kernel's fault

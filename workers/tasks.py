@@ -15,6 +15,7 @@ from celery.signals import worker_init, worker_process_shutdown
 from farm.artifacts.guest_image import build_initramfs
 from farm.protocol import BATCH_TASK, PING_TASK, TRIAL_TASK, TrialResult
 from farm.settings import Settings, load_settings
+from farm.timing import check_worker_budget
 from workers.celery_app import app
 from workers.connection import open_connection
 from workers.disk import tidy
@@ -26,7 +27,10 @@ from workers.vm import reap_orphans
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
-SOFT_LIMIT_ERROR = "the trial hit the worker's soft time limit; guest destroyed"
+SOFT_LIMIT_ERROR = (
+    "the worker's soft time limit hit while this trial ran (its guest was destroyed): the "
+    "worker failed to bound its own wait, so this is infrastructure, not the kernel"
+)
 
 _pool: GuestPool | None = None
 _pool_pid: int | None = None
@@ -59,9 +63,16 @@ def guest_pool() -> GuestPool:
 
 
 @worker_init.connect
-def _tidy_disk(**_: Any) -> None:
-    """At worker start: cap old console and worker logs (workers/disk.py)."""
-    tidy(_settings().cache_dir)
+def _at_start(**_: Any) -> None:
+    """At worker start: refuse time limits Redis would cut short; cap old logs (workers/disk.py)."""
+    settings = _settings()
+    check_worker_budget(
+        boot_s=settings.boot_deadline_s,
+        floor_s=settings.trial_deadline_s,
+        visibility_s=settings.visibility_timeout_s,
+        task_hard_limit_s=app.conf.task_time_limit or 0,
+    )
+    tidy(settings.cache_dir)
 
 
 @worker_process_shutdown.connect
@@ -114,28 +125,26 @@ def run_trial(message: dict[str, Any]) -> dict[str, Any]:
     try:
         return _run_one(message, _worker_name())
     except SoftTimeLimitExceeded:
-        return _failed(message, _worker_name(), started, "timeout", SOFT_LIMIT_ERROR)
+        return _failed(message, _worker_name(), started, "infra-error", SOFT_LIMIT_ERROR)
 
 
 @app.task(name=BATCH_TASK)
 def run_batch(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run trials one after another on this process's guests; one result per message.
+    """Run trials one after another on this process's guests; one result per trial run.
 
     Batches amortise the broker round trip (~420 messages/s on 2 cores with
-    acks_late): results travel and are recorded together.
+    acks_late): results travel and are recorded together. When the batch hits
+    its soft time limit, the trial running then is an ``infra-error`` and the
+    trials after it get no result: the scheduler puts them back in the queue.
     """
     results: list[dict[str, Any]] = []
     worker = _worker_name()
-    for i, message in enumerate(messages[:MAX_BATCH]):
+    for message in messages[:MAX_BATCH]:
         started = time.time()
         try:
             results.append(_run_one(message, worker))
         except SoftTimeLimitExceeded:
-            results.append(_failed(message, worker, started, "timeout", SOFT_LIMIT_ERROR))
-            for rest in messages[i + 1 : MAX_BATCH]:
-                results.append(
-                    _failed(rest, worker, time.time(), "infra-error", "not run: batch time limit")
-                )
+            results.append(_failed(message, worker, started, "infra-error", SOFT_LIMIT_ERROR))
             break
     return results
 

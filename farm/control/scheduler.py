@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -52,11 +53,16 @@ from farm.protocol import (
 )
 from farm.store.models import Campaign, CampaignStatus, Kernel, Trial, TrialStatus, Worker
 from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
-from farm.triage.verdict import judge
+from farm.timing import BudgetError, batch_limits, max_deadline_s, split_batch, trial_deadline_s
+from farm.triage.verdict import VerdictKind, judge
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 15.0
+INFRA_RETRIES = 2  # attempts after the first for a trial that ended in an infra error
+RECONCILE_EVERY_S = 10.0  # how often the tick asks the broker about batches it waits for
+RECONCILE_GRACE_S = 60.0  # a batch unknown to the broker this long is sent again
+_ATTEMPT_RE = re.compile(r"^(?P<trial>.+)\.r(?P<n>[1-9][0-9]{0,2})$")
 
 
 def observation_of(result: TrialResult, finding: bool) -> Observation:
@@ -94,6 +100,8 @@ class TickReport:
     sent: int = 0
     recorded: int = 0
     duplicates: int = 0
+    retried: int = 0  # infra errors queued for another attempt
+    requeued: int = 0  # trials a batch did not run (time limit): queued again
     finished_campaigns: list[str] = field(default_factory=list)
 
 
@@ -105,16 +113,40 @@ class Scheduler:
         *,
         batch_size: int = 4,
         deadline_s: float = 120.0,
+        boot_s: float = 90.0,
         on_record: Callable[[TrialResult, str], None] = lambda r, v: None,
+        infra_retries: int = INFRA_RETRIES,
+        reconcile_grace_s: float = RECONCILE_GRACE_S,
     ) -> None:
         self.app = app
         self.sessions = sessions
         self.batch_size = batch_size
-        self.deadline_s = deadline_s
+        self.deadline_s = deadline_s  # the floor of every trial's cost-scaled deadline
+        self.boot_s = boot_s
+        self.visibility_s = float(
+            (app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
+        )
+        self.max_deadline_s = max_deadline_s(boot_s, self.visibility_s)
+        if self.max_deadline_s < 1:
+            raise BudgetError(
+                f"the broker's visibility timeout ({self.visibility_s:.0f} s) leaves no time "
+                f"for a trial after a {boot_s:.0f} s boot and the grace periods: raise "
+                "FARM_VISIBILITY_TIMEOUT_S"
+            )
         self.on_record = on_record
+        self.infra_retries = infra_retries
+        self.reconcile_grace_s = reconcile_grace_s
         self.pending: dict[str, AsyncResult] = {}
+        self.queues: dict[str, str] = {}  # batch id -> queue, for the reconcile step
+        self.missing_since: dict[str, float] = {}  # batch id -> when the broker lost sight of it
         self._last_heartbeat = 0.0
+        self._last_reconcile = time.monotonic()
         self._resume()
+
+    def message(self, trial_id: str, token: str, kernel_name: str, path: str) -> dict[str, Any]:
+        """A trial's message, with its deadline from the cost model (farm/timing.py)."""
+        deadline = trial_deadline_s(parse_token(token).params(), self.deadline_s, self.max_deadline_s)
+        return trial_message(trial_id, token, kernel_name, path, deadline)
 
     def _resume(self) -> None:
         """Adopt what a previous scheduler left: batches in flight, and batches it committed
@@ -131,9 +163,7 @@ class Scheduler:
             batch = batches.setdefault(
                 batch_id, Batch(batch_id, kernel_queue(kernel_name) + route_suffix(token), [])
             )
-            batch.messages.append(
-                trial_message(trial_id, token, kernel_name, path or "", self.deadline_s)
-            )
+            batch.messages.append(self.message(trial_id, token, kernel_name, path or ""))
         if not batches:
             return
         known = known_task_ids(
@@ -144,10 +174,60 @@ class Scheduler:
             handle = AsyncResult(batch.batch_id, app=self.app)
             if batch.batch_id in known or handle.state != "PENDING":
                 self.pending[batch.batch_id] = handle
+                self.queues[batch.batch_id] = batch.queue
             else:
                 self._send(batch)
                 resent += 1
         log.info("resumed %d batches in flight, sent %d never sent", len(batches), resent)
+
+    def reconcile(self, now: float | None = None) -> int:
+        """Re-send batches the broker lost: sent, yet neither waiting in their queue, nor
+        delivered and unacknowledged, nor with a state in the result backend, for longer than
+        the grace period (a Redis crash between a worker's pop and its bookkeeping).
+
+        Returns how many were re-sent. The recorder makes a double run harmless.
+        """
+        now = time.monotonic() if now is None else now
+        waiting = [b for b, h in self.pending.items() if b in self.queues and h.state == "PENDING"]
+        for gone in set(self.missing_since) - set(waiting):
+            del self.missing_since[gone]
+        if not waiting:
+            return 0
+        known = known_task_ids(
+            self.app.conf.broker_url, sorted({self.queues[b] for b in waiting})
+        )
+        resent = 0
+        for batch_id in waiting:
+            if batch_id in known:
+                self.missing_since.pop(batch_id, None)
+                continue
+            since = self.missing_since.setdefault(batch_id, now)
+            if now - since < self.reconcile_grace_s:
+                continue
+            if AsyncResult(batch_id, app=self.app).state != "PENDING":
+                self.missing_since.pop(batch_id, None)  # a worker took it meanwhile
+                continue
+            batch = self._stored_batch(batch_id)
+            if batch is None:
+                continue
+            log.warning("batch %s vanished from the broker; sending it again", batch_id)
+            del self.missing_since[batch_id]
+            self._send(batch)
+            resent += 1
+        return resent
+
+    def _stored_batch(self, batch_id: str) -> Batch | None:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
+                .join(Kernel, Trial.kernel_id == Kernel.id)
+                .where(Trial.batch_id == batch_id, Trial.status == "running")
+                .order_by(Trial.id)
+            ).all()
+        if not rows:
+            return None
+        messages = [self.message(t, token, k, path or "") for t, token, k, path in rows]
+        return Batch(batch_id, kernel_queue(rows[0][2]) + route_suffix(rows[0][1]), messages)
 
     # -- one step ------------------------------------------------------------
 
@@ -169,6 +249,9 @@ class Scheduler:
         for batch in outbox:
             self._send(batch)
             report.sent += len(batch.messages)
+        if time.monotonic() - self._last_reconcile > RECONCILE_EVERY_S:
+            self._last_reconcile = time.monotonic()
+            self.reconcile()
         if time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
             # a broadcast waits ~1 s for replies: never on the scheduling path
             self._last_heartbeat = time.monotonic()
@@ -251,12 +334,16 @@ class Scheduler:
         ).all()
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for trial_id, token, kernel_name, path in queued:
-            message = trial_message(trial_id, token, kernel_name, path or "", self.deadline_s)
+            message = self.message(trial_id, token, kernel_name, path or "")
             queue = kernel_queue(kernel_name) + route_suffix(token)
             by_queue.setdefault(queue, []).append(message)
         for queue, messages in by_queue.items():
-            for start in range(0, len(messages), self.batch_size):
-                batch = Batch(uuid.uuid4().hex, queue, messages[start : start + self.batch_size])
+            deadlines = [m["deadline_s"] for m in messages]
+            start = 0
+            # batches no longer than batch_size whose hard time limit fits the visibility timeout
+            for size in split_batch(deadlines, self.batch_size, self.boot_s, self.visibility_s):
+                batch = Batch(uuid.uuid4().hex, queue, messages[start : start + size])
+                start += size
                 session.execute(
                     update(Trial)
                     .where(Trial.trial_id.in_([m["trial_id"] for m in batch.messages]))
@@ -265,14 +352,15 @@ class Scheduler:
                 outbox.append(batch)
 
     def _send(self, batch: Batch) -> None:
-        limit = len(batch.messages) * (self.deadline_s + 60)
+        soft, hard = batch_limits([m["deadline_s"] for m in batch.messages], self.boot_s)
+        self.queues[batch.batch_id] = batch.queue
         self.pending[batch.batch_id] = self.app.send_task(
             BATCH_TASK,
             args=[batch.messages],
             queue=batch.queue,
             task_id=batch.batch_id,
-            soft_time_limit=limit + 120,
-            time_limit=limit + 180,
+            soft_time_limit=soft,
+            time_limit=hard,
         )
 
     # -- receiving -----------------------------------------------------------
@@ -282,20 +370,70 @@ class Scheduler:
         if not ready:
             return
         pairs: list[tuple[TrialResult, Any]] = []
+        not_run: list[str] = []
         for batch_id, handle in ready:
-            pairs += self._results_of(batch_id, handle)
+            got, missing = self._results_of(batch_id, handle)
+            pairs += got
+            not_run += missing
+        if not_run:  # the batch hit its time limit before these: back in the queue, unrecorded
+            with self.sessions.begin() as session:
+                session.execute(
+                    update(Trial)
+                    .where(Trial.trial_id.in_(not_run), Trial.status == "running")
+                    .values(status="queued", batch_id=None)
+                )
+            report.requeued += len(not_run)
         if pairs:
             outcomes = record_many(self.sessions, pairs)
             report.recorded += len(pairs)
             report.duplicates += sum(1 for o in outcomes if o == "duplicate")
+            report.retried += self._retry_infra(
+                [p for p, o in zip(pairs, outcomes, strict=True) if o != "duplicate"]
+            )
             self._observe(pairs)
             for result, verdict in pairs:
                 self.on_record(result, verdict.kind)
         for batch_id, handle in ready:
             handle.forget()
             del self.pending[batch_id]
+            self.queues.pop(batch_id, None)
+            self.missing_since.pop(batch_id, None)
 
-    def _results_of(self, batch_id: str, handle: AsyncResult) -> list[tuple[TrialResult, Any]]:
+    def _retry_infra(self, pairs: list[tuple[TrialResult, Any]]) -> int:
+        """Queue a new attempt of each campaign trial that ended in an infra error, up to
+        ``infra_retries`` attempts after the first. Attempts are new trials named
+        ``<trial>.r<n>`` that do not count against the campaign's budget."""
+        failed = [r.trial_id for r, v in pairs if v.kind == VerdictKind.INFRA_ERROR]
+        if not failed:
+            return 0
+        new: list[NewTrial] = []
+        with self.sessions.begin() as session:
+            rows = session.execute(
+                select(Trial.trial_id, Trial.token, Trial.kernel_id, Trial.campaign_id).where(
+                    Trial.trial_id.in_(failed), Trial.campaign_id.is_not(None)
+                )
+            ).all()
+            for trial_id, token, kernel_id, campaign_id in rows:
+                original, attempt = split_attempt(trial_id)
+                if attempt >= self.infra_retries:
+                    continue
+                retry_id = f"{original}.r{attempt + 1}"
+                new.append(NewTrial(retry_id, parse_token(token), kernel_id, campaign_id))
+            if new:
+                enqueue_many(session, new)
+        for trial in new:
+            log.info("infra error: trial %s queued again", trial.trial_id)
+        return len(new)
+
+    def _results_of(
+        self, batch_id: str, handle: AsyncResult
+    ) -> tuple[list[tuple[TrialResult, Any]], list[str]]:
+        """The batch's results with their verdicts, and the trials it did not run.
+
+        A batch that failed as a whole (worker lost, hard time limit) gives each
+        trial an infra-error, which is retried; a batch that returned fewer
+        results than trials stopped at its soft time limit: the rest never ran.
+        """
         with self.sessions() as session:
             trials = session.execute(
                 select(Trial.trial_id, Trial.token, Kernel.name)
@@ -321,12 +459,15 @@ class Scheduler:
         ) as exc:  # the batch task failed as a whole: every trial still gets a record
             error = f"worker batch failed: {type(exc).__name__}: {exc}"
         pairs = []
+        not_run = []
         for trial_id, row in expected.items():
-            result = got.get(trial_id) or _infra_result(
-                trial_id, row.token, row.name, error or "the worker returned no result for it"
-            )
+            result = got.get(trial_id)
+            if result is None and error is None:
+                not_run.append(trial_id)
+                continue
+            result = result or _infra_result(trial_id, row.token, row.name, error or "")
             pairs.append((result, judge(result)))
-        return pairs
+        return pairs, not_run
 
     def _observe(self, pairs: Iterable[tuple[TrialResult, Any]]) -> None:
         """Feed verdicts back to each campaign's search (untested trials teach nothing)."""
@@ -334,7 +475,7 @@ class Scheduler:
         for result, verdict in pairs:
             if not verdict.kind.tested:
                 continue
-            campaign_name = result.trial_id.rsplit("-", 1)[0]
+            campaign_name = split_attempt(result.trial_id)[0].rsplit("-", 1)[0]
             by_campaign.setdefault(campaign_name, []).append(
                 (result.token, observation_of(result, verdict.is_finding))
             )
@@ -376,6 +517,12 @@ class Scheduler:
                 else:
                     worker.last_seen, worker.info = now, info
         return sorted(replies)
+
+
+def split_attempt(trial_id: str) -> tuple[str, int]:
+    """``("<campaign>-000012", 2)`` for ``<campaign>-000012.r2``; attempt 0 is the first."""
+    m = _ATTEMPT_RE.match(trial_id)
+    return (m["trial"], int(m["n"])) if m else (trial_id, 0)
 
 
 def route_suffix(token: str) -> str:

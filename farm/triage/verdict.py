@@ -2,11 +2,15 @@
 
 Kinds, most severe first (a trial gets the first that applies):
 
-- ``infra-error``: boot failure, libvirt trouble. Never a finding; retried.
+- ``infra-error``: boot failure, libvirt trouble, a libvirtd restart (the
+  worker asks libvirt about the domain before blaming the kernel). Never a
+  finding; the scheduler retries it a bounded number of times.
 - ``invalid``: the trial could not test anything (fewer than 2 NUMA nodes,
-  the trial program failed or printed garbage, the memfd VMA was not found).
+  the trial program failed or printed garbage, the memfd VMA was not found,
+  or it was merely slow: still making progress at its deadline).
 - ``guest-crash``: the guest died or panicked.
-- ``hang``: no answer by the deadline.
+- ``hang``: the trial stopped making progress (no heartbeat and no console
+  from the guest, or a trial program whose CPU time stood still).
 - ``kernel-report``: a kernel report on the trial's console (the teardown
   oracle's ``BUG: Bad rss-counter state`` is one).
 - ``smaps-mismatch``: the memfd VMA keeps Rss or Pss_Shmem after every page was punched.

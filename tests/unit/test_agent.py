@@ -40,7 +40,9 @@ case "$1" in
   term) kill -TERM $$ ;;
   sleep) printf 'before'; sleep "$2" ;;
   spin) end=$(( $(date +%s) + $2 ))  # builtins between clock reads: CPU of this process
-        while [ "$(date +%s)" -lt "$end" ]; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done
+        while [ "$(date +%s)" -lt "$end" ]; do
+          i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done
+        done
         printf 'spun' ;;
   orphan) sleep 30 & printf 'parent done' ;;
   *) printf 'unknown mode %s' "$1"; exit 9 ;;
