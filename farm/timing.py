@@ -37,6 +37,7 @@ ANSWER_GRACE_S = 15.0  # the agent answers this long after its deadline, or the 
 MARKER_WAIT_S = 10.0  # the end marker reaches the console file this soon after the answer
 BATCH_SLACK_S = 30.0  # per batch: result storage, console reads, guest teardown
 SOFT_TO_HARD_S = 60.0  # the hard limit (process killed) this long after the soft one
+RECONCILE_GRACE_S = 60.0  # a batch in flight unknown to the broker this long is sent again
 
 
 class BudgetError(ValueError):

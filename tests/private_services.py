@@ -315,16 +315,17 @@ def start_scheduler(
     log: Path,
     *,
     batch_size: int = 2,
-    resume_every_s: float = 5,
+    reconcile_grace_s: float = 5,
     prefix: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """``farm scheduler`` as a process of its own, as systemd runs it.
 
-    ``resume_every_s`` is short here (300 s in production) so that a batch whose message
-    a broker crash lost is sent again within the test's patience.
+    ``reconcile_grace_s`` is short here (60 s in production) so that a batch whose
+    message a broker crash lost is sent again within the test's patience.
     """
     base = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    argv = ["scheduler", "--batch-size", f"{batch_size}", "--resume-every", f"{resume_every_s}"]
+    argv = ["scheduler", "--batch-size", f"{batch_size}"]
+    argv += ["--reconcile-grace", f"{reconcile_grace_s}"]
     with log.open("ab") as out:
         return subprocess.Popen(
             [*prefix, sys.executable, "-m", "farm.cli.main", *argv],

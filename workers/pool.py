@@ -42,9 +42,7 @@ class GuestPool:
     guests: dict[str, Guest] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(
-        cls, conn: libvirt.virConnect, settings: Settings, initrd: Path
-    ) -> GuestPool:
+    def from_settings(cls, conn: libvirt.virConnect, settings: Settings, initrd: Path) -> GuestPool:
         """The one place guest settings become a pool (and so every GuestConfig)."""
         return cls(
             conn=conn,

@@ -15,7 +15,7 @@ from celery.signals import worker_init, worker_process_shutdown
 from farm.artifacts.guest_image import build_initramfs
 from farm.protocol import BATCH_TASK, PING_TASK, TRIAL_TASK, TrialResult
 from farm.settings import Settings, load_settings
-from farm.timing import check_worker_budget
+from farm.timing import BudgetError, check_worker_budget
 from workers.celery_app import app
 from workers.connection import open_connection
 from workers.disk import tidy
@@ -66,12 +66,16 @@ def guest_pool() -> GuestPool:
 def _at_start(**_: Any) -> None:
     """At worker start: refuse time limits Redis would cut short; cap old logs (workers/disk.py)."""
     settings = _settings()
-    check_worker_budget(
-        boot_s=settings.boot_deadline_s,
-        floor_s=settings.trial_deadline_s,
-        visibility_s=settings.visibility_timeout_s,
-        task_hard_limit_s=app.conf.task_time_limit or 0,
-    )
+    try:
+        check_worker_budget(
+            boot_s=settings.boot_deadline_s,
+            floor_s=settings.trial_deadline_s,
+            visibility_s=settings.visibility_timeout_s,
+            task_hard_limit_s=app.conf.task_time_limit or 0,
+        )
+    except BudgetError as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from exc  # not an Exception: Celery's signal dispatch lets it out
     tidy(settings.cache_dir)
 
 

@@ -18,6 +18,7 @@ from farm.cli.support import FarmError, open_db, settings_from
 from farm.control import campaigns
 from farm.control.campaigns import CampaignError
 from farm.store.models import Campaign
+from farm.timing import RECONCILE_GRACE_S
 
 out = Console()
 
@@ -109,7 +110,9 @@ def list_(ctx: click.Context) -> None:
 
     with open_db(ctx) as sessions, sessions() as session:
         rows = session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200)).all()
-        table = Table("name", "kind", "status", "done", "budget", "anomalous", "trials/h")
+        table = Table(
+            "name", "kind", "status", "done", "budget", "anomalous", "infra errors", "trials/h"
+        )
         for row in rows:
             p = progress(session, row)
             anomalous = sum(
@@ -122,6 +125,7 @@ def list_(ctx: click.Context) -> None:
                 str(p["done"]),
                 str(p["budget"] or "∞"),
                 str(anomalous),
+                str(p["infra_errors"]),
                 str(p["trials_last_hour"]),
             )
     out.print(table)
@@ -152,6 +156,10 @@ def status(ctx: click.Context, name: str, watch: bool) -> None:
             bar = "█" * filled + "░" * (30 - filled)
         table.add_row("progress", f"{bar} {p['done']}/{budget or '∞'}")
         table.add_row("in flight", f"{p['running']} running, {p['queued']} queued")
+        table.add_row(
+            "infra errors",
+            f"{p['infra_errors']} (farm-side, not the kernel's; {p['retries']} retries queued)",
+        )
         table.add_row("trials in the last hour", str(p["trials_last_hour"]))
         for verdict, count in sorted(p["verdicts"].items(), key=lambda kv: -kv[1]):
             table.add_row(f"  {verdict}", str(count))
@@ -174,14 +182,14 @@ def status(ctx: click.Context, name: str, watch: bool) -> None:
 @click.option("--batch-size", default=4, show_default=True, help="trials per Celery message")
 @click.option("--once", is_flag=True, help="one scheduling step, then exit (for cron and tests)")
 @click.option(
-    "--resume-every",
-    default=300.0,
+    "--reconcile-grace",
+    default=RECONCILE_GRACE_S,
     show_default=True,
     type=click.FloatRange(1),
-    help="seconds between re-checks of batches in flight against the broker",
+    help="seconds a batch in flight may be unknown to the broker before it is sent again",
 )
 @click.pass_context
-def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: float) -> None:
+def scheduler(ctx: click.Context, batch_size: int, once: bool, reconcile_grace: float) -> None:
     """Run campaigns: create trials, send them to workers, record their results.
 
     All state is in the database: stop it any time (SIGTERM) and start it again.
@@ -213,7 +221,9 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: flo
                 sessions,
                 batch_size=batch_size,
                 deadline_s=settings.trial_deadline_s,
+                boot_s=settings.boot_deadline_s,
                 on_record=report,
+                reconcile_grace_s=reconcile_grace,
             )
 
         if once:
@@ -221,4 +231,4 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool, resume_every: flo
             return
         out.print("scheduler running (Ctrl-C to stop; state is kept in the database)")
         # a Redis or PostgreSQL outage rebuilds the scheduler from the database, in-process
-        run_supervised(build, stop=lambda: stopping, resume_every_s=resume_every)
+        run_supervised(build, stop=lambda: stopping)

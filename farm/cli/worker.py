@@ -32,6 +32,19 @@ def worker(
     names = list(kernels) or local_kernel_names(settings.cache_dir)
     if not names:
         raise FarmError("no kernels on this host: `farm kernels fetch debian:bookworm` first")
+    from workers.celeryconfig import TRIAL_HARD_LIMIT_S
+
+    from farm.timing import BudgetError, check_worker_budget
+
+    try:
+        check_worker_budget(
+            boot_s=settings.boot_deadline_s,
+            floor_s=settings.trial_deadline_s,
+            visibility_s=settings.visibility_timeout_s,
+            task_hard_limit_s=TRIAL_HARD_LIMIT_S,
+        )
+    except BudgetError as exc:
+        raise FarmError(str(exc)) from exc
     cpu = can_limit_cpu()
     err.print(
         f"serving kernels: {', '.join(names)}; vCPU bandwidth control: "

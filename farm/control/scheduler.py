@@ -53,7 +53,14 @@ from farm.protocol import (
 )
 from farm.store.models import Campaign, CampaignStatus, Kernel, Trial, TrialStatus, Worker
 from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
-from farm.timing import BudgetError, batch_limits, max_deadline_s, split_batch, trial_deadline_s
+from farm.timing import (
+    RECONCILE_GRACE_S,
+    BudgetError,
+    batch_limits,
+    max_deadline_s,
+    split_batch,
+    trial_deadline_s,
+)
 from farm.triage.verdict import VerdictKind, judge
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 15.0
 INFRA_RETRIES = 2  # attempts after the first for a trial that ended in an infra error
 RECONCILE_EVERY_S = 10.0  # how often the tick asks the broker about batches it waits for
-RECONCILE_GRACE_S = 60.0  # a batch unknown to the broker this long is sent again
 _ATTEMPT_RE = re.compile(r"^(?P<trial>.+)\.r(?P<n>[1-9][0-9]{0,2})$")
 
 
@@ -145,7 +151,9 @@ class Scheduler:
 
     def message(self, trial_id: str, token: str, kernel_name: str, path: str) -> dict[str, Any]:
         """A trial's message, with its deadline from the cost model (farm/timing.py)."""
-        deadline = trial_deadline_s(parse_token(token).params(), self.deadline_s, self.max_deadline_s)
+        deadline = trial_deadline_s(
+            parse_token(token).params(), self.deadline_s, self.max_deadline_s
+        )
         return trial_message(trial_id, token, kernel_name, path, deadline)
 
     def _resume(self) -> None:
@@ -193,9 +201,7 @@ class Scheduler:
             del self.missing_since[gone]
         if not waiting:
             return 0
-        known = known_task_ids(
-            self.app.conf.broker_url, sorted({self.queues[b] for b in waiting})
-        )
+        known = known_task_ids(self.app.conf.broker_url, sorted({self.queues[b] for b in waiting}))
         resent = 0
         for batch_id in waiting:
             if batch_id in known:
@@ -221,7 +227,7 @@ class Scheduler:
             rows = session.execute(
                 select(Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
                 .join(Kernel, Trial.kernel_id == Kernel.id)
-                .where(Trial.batch_id == batch_id, Trial.status == "running")
+                .where(Trial.batch_id == batch_id, Trial.status == TrialStatus.RUNNING)
                 .order_by(Trial.id)
             ).all()
         if not rows:
@@ -379,8 +385,8 @@ class Scheduler:
             with self.sessions.begin() as session:
                 session.execute(
                     update(Trial)
-                    .where(Trial.trial_id.in_(not_run), Trial.status == "running")
-                    .values(status="queued", batch_id=None)
+                    .where(Trial.trial_id.in_(not_run), Trial.status == TrialStatus.RUNNING)
+                    .values(status=TrialStatus.QUEUED, batch_id=None)
                 )
             report.requeued += len(not_run)
         if pairs:
@@ -569,6 +575,12 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
         .select_from(Trial)
         .where(Trial.campaign_id == campaign.id, Trial.finished_at >= hour_ago)
     )
+    retries = session.scalar(
+        select(func.count())
+        .select_from(Trial)
+        .where(Trial.campaign_id == campaign.id, Trial.trial_id.like("%.r%"))
+    )
+    infra = verdicts.pop(VerdictKind.INFRA_ERROR.value, 0)
     spec = campaigns.spec_of(campaign)
     return {
         "name": campaign.name,
@@ -576,7 +588,10 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
         "budget": spec.budget.trials,
         "queued": by_status.get("queued", 0),
         "running": by_status.get("running", 0),
-        "done": by_status.get("done", 0),
+        # trials the kernel was tested by (or that tried); infra errors are counted apart
+        "done": by_status.get("done", 0) - infra,
         "verdicts": verdicts,
+        "infra_errors": infra,  # attempts that failed on the farm's side, not the kernel's
+        "retries": retries or 0,  # attempts queued again after an infra error
         "trials_last_hour": last_hour or 0,
     }

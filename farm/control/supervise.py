@@ -7,10 +7,9 @@ re-sends the batches the broker never saw. This loop does that in-process, with
 a capped backoff while Redis or PostgreSQL is down, instead of exiting and
 relying on systemd's ``Restart=``. Errors that are not outages propagate.
 
-It also resumes every ``resume_every_s`` without any error: a Redis restart can
-lose a message without the scheduler noticing (a worker popped it and had not
-yet recorded it as unacknowledged when Redis died), and the batch would wait for
-its result forever; resuming finds it unknown to the broker and sends it again.
+A batch whose message Redis lost without any error (a worker popped it and had
+not yet recorded it as unacknowledged when Redis died) is found by the
+scheduler's own reconcile step (``Scheduler.reconcile``), not by rebuilding.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ OUTAGES: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 HEALTHY_AFTER_S = 60.0  # a scheduler that ran this long resets the backoff
-RESUME_EVERY_S = 300.0
 
 
 class Runnable(Protocol):
@@ -58,22 +56,17 @@ def run_supervised(
     stop: Callable[[], bool],
     *,
     backoff_s: tuple[float, float] = (1.0, 10.0),
-    resume_every_s: float | None = RESUME_EVERY_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Run ``build()``'s scheduler until ``stop()``; rebuild it after each outage and
-    every ``resume_every_s`` (None: never). Returns how many times it was rebuilt."""
+    """Run ``build()``'s scheduler until ``stop()``; rebuild it after each outage.
+    Returns how many times it was rebuilt."""
     first, cap = backoff_s
     delay = first
     restarts = 0
     while not stop():
         started = time.monotonic()
-        due = started + resume_every_s if resume_every_s else float("inf")
         try:
-            build().run(stop=lambda due=due: stop() or time.monotonic() >= due)
-            if not stop():
-                restarts += 1
-                log.debug("periodic resume from the database")
+            build().run(stop=stop)
             continue
         except Exception as exc:
             if not is_outage(exc):

@@ -47,7 +47,6 @@ def test_each_outage_rebuilds_the_scheduler_with_backoff() -> None:
         flaky.build,
         stop=lambda: time.monotonic() > deadline,
         backoff_s=(0.2, 0.4),
-        resume_every_s=None,
         sleep=slept.append,
     )
     assert (restarts, flaky.builds) == (2, 3)
@@ -57,13 +56,4 @@ def test_each_outage_rebuilds_the_scheduler_with_backoff() -> None:
 def test_a_bug_is_not_swallowed() -> None:
     flaky = Flaky([KeyError("bug")])
     with pytest.raises(KeyError):
-        run_supervised(flaky.build, stop=lambda: False, resume_every_s=None)
-
-
-def test_the_scheduler_resumes_from_the_database_periodically() -> None:
-    flaky = Flaky([])
-    deadline = time.monotonic() + 0.5
-    restarts = run_supervised(
-        flaky.build, stop=lambda: time.monotonic() > deadline, resume_every_s=0.1
-    )
-    assert flaky.builds >= 4 and restarts == flaky.builds - 1
+        run_supervised(flaky.build, stop=lambda: False)
