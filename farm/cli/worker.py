@@ -32,7 +32,7 @@ def worker(
     names = list(kernels) or local_kernel_names(settings.cache_dir)
     if not names:
         raise FarmError("no kernels on this host: `farm kernels fetch debian:bookworm` first")
-    from workers.celeryconfig import TRIAL_HARD_LIMIT_S
+    from farm.celeryconfig import TRIAL_HARD_LIMIT_S
 
     from farm.timing import BudgetError, check_worker_budget
 
