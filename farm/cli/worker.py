@@ -33,7 +33,6 @@ def worker(
     if not names:
         raise FarmError("no kernels on this host: `farm kernels fetch debian:bookworm` first")
     from farm.celeryconfig import TRIAL_HARD_LIMIT_S
-
     from farm.timing import BudgetError, check_worker_budget
 
     try:
