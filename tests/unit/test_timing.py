@@ -97,7 +97,7 @@ def test_batches_are_split_so_the_hard_limit_never_exceeds_the_visibility_timeou
 
 def test_a_worker_refuses_settings_under_which_no_trial_fits() -> None:
     check_worker_budget(boot_s=90, floor_s=120, visibility_s=960, task_hard_limit_s=480)
-    with pytest.raises(BudgetError, match="FARM_VISIBILITY_TIMEOUT_S.*at least 330"):
+    with pytest.raises(BudgetError, match=r"FARM_VISIBILITY_TIMEOUT_S.*at least 330"):
         check_worker_budget(boot_s=90, floor_s=120, visibility_s=300, task_hard_limit_s=200)
     with pytest.raises(BudgetError, match="task time limit"):
         check_worker_budget(boot_s=90, floor_s=120, visibility_s=960, task_hard_limit_s=1000)
