@@ -104,7 +104,8 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         "console_truncated": console_truncated,
     }
     reports = parse_console(run.console)
-    tainted = run.answer is None or bool(reports)
+    stuck = run.answer is not None and run.answer.get("status") == "timeout" and run.program_stalled
+    tainted = run.answer is None or stuck or bool(reports)  # a merely slow trial does not taint
     pool.release(kernel_name, tainted=tainted)
 
     if run.answer is None:

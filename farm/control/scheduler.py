@@ -123,6 +123,7 @@ class Scheduler:
         on_record: Callable[[TrialResult, str], None] = lambda r, v: None,
         infra_retries: int = INFRA_RETRIES,
         reconcile_grace_s: float = RECONCILE_GRACE_S,
+        deadline_cap_s: float | None = None,
     ) -> None:
         self.app = app
         self.sessions = sessions
@@ -132,13 +133,15 @@ class Scheduler:
         self.visibility_s = float(
             (app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
         )
-        self.max_deadline_s = max_deadline_s(boot_s, self.visibility_s)
+        self.max_deadline_s = max_deadline_s(boot_s, self.visibility_s)  # fits one batch
         if self.max_deadline_s < 1:
             raise BudgetError(
                 f"the broker's visibility timeout ({self.visibility_s:.0f} s) leaves no time "
                 f"for a trial after a {boot_s:.0f} s boot and the grace periods: raise "
                 "FARM_VISIBILITY_TIMEOUT_S"
             )
+        if deadline_cap_s is not None:  # an operator's (or a test's) tighter cap
+            self.max_deadline_s = min(self.max_deadline_s, deadline_cap_s)
         self.on_record = on_record
         self.infra_retries = infra_retries
         self.reconcile_grace_s = reconcile_grace_s
@@ -146,6 +149,7 @@ class Scheduler:
         self.queues: dict[str, str] = {}  # batch id -> queue, for the reconcile step
         self.missing_since: dict[str, float] = {}  # batch id -> when the broker lost sight of it
         self._last_heartbeat = 0.0
+        self._replies: dict[str, Any] | None = None  # the heartbeat thread's latest answer
         self._last_reconcile = time.monotonic()
         self._resume()
 
@@ -258,10 +262,15 @@ class Scheduler:
         if time.monotonic() - self._last_reconcile > RECONCILE_EVERY_S:
             self._last_reconcile = time.monotonic()
             self.reconcile()
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            self._record_workers(replies)
         if time.monotonic() - self._last_heartbeat > HEARTBEAT_EVERY_S:
-            # a broadcast waits ~1 s for replies: never on the scheduling path
+            # a broadcast waits ~1 s for replies: never on the scheduling path. The thread
+            # only asks; the next tick writes, so this process has one database writer
+            # (two writers' transactions in one process lock each other out on SQLite)
             self._last_heartbeat = time.monotonic()
-            threading.Thread(target=self.heartbeat, name="heartbeat", daemon=True).start()
+            threading.Thread(target=self._poll_workers, name="heartbeat", daemon=True).start()
         return report
 
     def run(self, stop: Callable[[], bool], idle_s: float = 0.2) -> None:
@@ -508,11 +517,23 @@ class Scheduler:
     def heartbeat(self) -> list[str]:
         """Record which workers answer and which queues (kernels, capabilities) they serve."""
         self._last_heartbeat = time.monotonic()
+        replies = self._ask_workers()
+        if replies is None:
+            return []
+        self._record_workers(replies)
+        return sorted(replies)
+
+    def _poll_workers(self) -> None:
+        self._replies = self._ask_workers()
+
+    def _ask_workers(self) -> dict[str, Any] | None:
         try:
-            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
+            return self.app.control.inspect(timeout=1.0).active_queues() or {}
         except Exception as exc:  # a broker hiccup must not stop scheduling
             log.warning("worker heartbeat failed: %s", exc)
-            return []
+            return None
+
+    def _record_workers(self, replies: dict[str, Any]) -> None:
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
             for name, queues in replies.items():
@@ -522,7 +543,6 @@ class Scheduler:
                     session.add(Worker(name=name, first_seen=now, last_seen=now, info=info))
                 else:
                     worker.last_seen, worker.info = now, info
-        return sorted(replies)
 
 
 def split_attempt(trial_id: str) -> tuple[str, int]:

@@ -159,3 +159,33 @@ def test_backpressure_heartbeats_and_pause(
         workers = session.scalars(select(Worker)).all()
         assert any(kernel_queue(KERNELS[0]) in w.info["queues"] for w in workers)
         assert session.scalar(select(func.count()).select_from(Worker)) >= 1
+
+
+def test_one_writer_per_scheduler_the_heartbeat_thread_only_asks(
+    sqlite_url: str, synthetic_workers: LocalWorker
+) -> None:
+    """Two writers' transactions in one process lock each other out on SQLite (a scheduler
+    restarted in-process inherited its predecessor's heartbeat thread): the thread asks the
+    workers, the tick writes their answer."""
+    import threading
+
+    from farm.transport import make_app
+
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = session_factory(engine)
+    scheduler = Scheduler(make_app(load_settings()), sessions)
+    assert wait_for(lambda: scheduler.heartbeat() != [], 20)  # a worker answers
+    with sessions() as session:
+        seen = session.scalars(select(Worker.last_seen)).one()
+    with engine.begin() as writer:  # another transaction holds SQLite's write lock...
+        writer.execute(Worker.__table__.update().values(info={"queues": []}))
+        poll = threading.Thread(target=scheduler._poll_workers)
+        poll.start()
+        poll.join(15)  # ...and the heartbeat does not wait for it (busy timeout: 30 s)
+        assert not poll.is_alive(), "the heartbeat thread waited for the database"
+    scheduler.tick()  # the tick writes what the thread heard
+    with sessions() as session:
+        worker = session.scalars(select(Worker)).one()
+    assert worker.last_seen > seen and worker.info["queues"] != []
+    engine.dispose()
