@@ -273,7 +273,7 @@ def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(
 
     trigger = Trigger(farm, trial_id, 0.5, freeze)
     try:
-        result = farm.drive(farm.scheduler(deadline_s), trial_id, 120, trigger)
+        result = farm.drive(farm.scheduler(deadline_s), trial_id, 240, trigger)
     finally:
         for pid in stopped:  # only matters if the worker failed to destroy it
             with contextlib.suppress(ProcessLookupError):
