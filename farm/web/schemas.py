@@ -236,7 +236,8 @@ class CampaignFinding(_Out):
 
 class CampaignDetail(CampaignSummary):
     spec: dict[str, Any]
-    verdicts: dict[str, int]
+    verdicts: dict[str, int]  # done trials per verdict about the kernel (infra errors apart)
+    infra_errors: int  # attempts that failed on the farm's side; retried, never the kernel's
     series: Series
     param_rates: list[ParamRates]
     param_sample: int  # trials the parameter plots are drawn from (the latest ones)

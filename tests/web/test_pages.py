@@ -215,13 +215,14 @@ def test_campaign_page(client: TestClient) -> None:
     campaign = client.get("/api/campaigns/nightly-6.1").json()
     assert (campaign["done"], campaign["queued"], campaign["running"]) == (42, 2, 1)
     assert campaign["budget_trials"] == 200 and campaign["progress"] == pytest.approx(0.21)
-    assert campaign["verdicts"] == {
+    assert campaign["verdicts"] == {  # verdicts about the kernel; infra errors apart
         "clean": 24,
         "invalid": 3,
-        "infra-error": 3,
         "smaps-mismatch": 3,
         "kernel-report": 9,
     }
+    assert campaign["infra_errors"] == 3
+    assert "Infra errors:" in html and ">3</a> attempts failed on the farm" in html
     assert sum(sum(v) for v in campaign["series"]["counts"].values()) == 42
     rates = {p["name"]: p for p in campaign["param_rates"]}
     assert rates["src_node"]["fixed"] == "0" and "rng_seed" not in rates

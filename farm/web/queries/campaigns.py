@@ -144,12 +144,14 @@ def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignD
     rates, sample = cache.get(
         ("campaign-params", cid), partial(stats.campaign_params, cid), session
     )
+    verdicts = dict(
+        cache.get(("campaign-verdicts", cid), partial(stats.campaign_verdicts, cid), session)
+    )
     return s.CampaignDetail(
         **summary.model_dump(),
         spec=campaign.spec or {},
-        verdicts=cache.get(
-            ("campaign-verdicts", cid), partial(stats.campaign_verdicts, cid), session
-        ),
+        infra_errors=verdicts.pop("infra-error", 0),  # the farm's trouble, apart
+        verdicts=verdicts,
         series=cache.get(("campaign-series", cid), partial(stats.campaign_series, cid), session),
         param_rates=rates,
         param_sample=sample,
