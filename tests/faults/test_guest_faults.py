@@ -336,12 +336,15 @@ def test_console_logs_are_written_by_virtlogd(farm: GuestFarm) -> None:
     assert any(str(console) in holders(int(p)) for p in virtlogd.stdout.split())
 
 
-# 4096 pages in batches of 8 at a 15 % vCPU quota: ~2 s unthrottled, ~15 s here
-THROTTLED = "zf2-00000000000000cc~batch=8,cpu_quota_pct=15,pages=4096,pressure_mb=0,rounds=1"
+# SLOW's work (~6 s unthrottled) at a 15 % vCPU quota: well past a 5 s deadline floor
+THROTTLED = (
+    "zf2-00000000000000bb~batch=1,cpu_quota_pct=15,kick_delay_us=50,pages=4096,"
+    "pressure_mb=0,rounds=2,vcpu_pin=none"
+)
 
 
 def test_a_throttled_slow_trial_is_not_a_hang(farm: GuestFarm) -> None:
-    """The scheduler's deadline floor is 5 s, the trial takes ~15 s: its cost-scaled
+    """The scheduler's deadline floor is 5 s, the trial takes longer: its cost-scaled
     deadline covers it, its heartbeats prove progress, and its oracles decide."""
     started = time.monotonic()
     result = farm.run(THROTTLED, deadline_s=5)
