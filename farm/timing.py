@@ -30,7 +30,7 @@ from farm.params import TrialParams
 
 HEARTBEAT_S = 2.0  # the agent's heartbeat interval while a trial runs (guest/agent.c)
 NO_PROGRESS_S = 30.0  # no heartbeat and no console output this long: the guest stopped
-DEADLINE_SAFETY = 3.0  # deadline = this x the expected cost (cost model errs slow already)
+DEADLINE_SAFETY = 4.0  # deadline = this x the expected cost: room for a host 2.5x oversubscribed
 MAX_DEADLINE_S = 3600.0  # what a worker accepts in a message
 KILL_WAIT_S = 5.0  # the agent's wait for a killed trial to be reaped (KILL_WAIT_MS)
 ANSWER_GRACE_S = 15.0  # the agent answers this long after its deadline, or the guest is hung
