@@ -18,7 +18,7 @@ from farm.cli.support import FarmError, open_db, settings_from
 from farm.control import campaigns
 from farm.control.campaigns import CampaignError
 from farm.store.models import Campaign
-from farm.timing import RECONCILE_GRACE_S
+from farm.timing import RECONCILE_GRACE_S, BudgetError
 
 out = Console()
 
@@ -227,8 +227,14 @@ def scheduler(ctx: click.Context, batch_size: int, once: bool, reconcile_grace: 
             )
 
         if once:
-            build().tick()
+            try:
+                build().tick()
+            except BudgetError as exc:
+                raise FarmError(str(exc)) from exc
             return
         out.print("scheduler running (Ctrl-C to stop; state is kept in the database)")
         # a Redis or PostgreSQL outage rebuilds the scheduler from the database, in-process
-        run_supervised(build, stop=lambda: stopping)
+        try:
+            run_supervised(build, stop=lambda: stopping)
+        except BudgetError as exc:
+            raise FarmError(str(exc)) from exc

@@ -103,6 +103,20 @@ def test_a_worker_refuses_settings_under_which_no_trial_fits() -> None:
         check_worker_budget(boot_s=90, floor_s=120, visibility_s=960, task_hard_limit_s=1000)
 
 
+def test_farm_worker_refuses_to_start_when_redis_would_cut_a_trial_short() -> None:
+    from click.testing import CliRunner
+
+    from farm.cli.main import main
+
+    result = CliRunner().invoke(
+        main, ["worker", "--kernel", "k"], env={"FARM_VISIBILITY_TIMEOUT_S": "200"}
+    )
+    text = " ".join(result.output.split())  # the message is wrapped to the terminal
+    assert result.exit_code == 2, text
+    assert "visibility timeout is 200 s" in text
+    assert "raise FARM_VISIBILITY_TIMEOUT_S (visibility_timeout_s) to at least 330" in text
+
+
 def test_a_slow_trial_that_keeps_beating_is_never_stalled() -> None:
     """A 15 % quota trial running 10 minutes: heartbeats every 2 s, CPU time creeping up."""
     watch = ProgressWatch(now=0.0)
