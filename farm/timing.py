@@ -124,6 +124,7 @@ class ProgressWatch:
     def __init__(self, now: float, window_s: float = NO_PROGRESS_S) -> None:
         self.window_s = window_s
         self.last_sign = now  # last heartbeat or console growth
+        self.last_beat = now  # last heartbeat (or the start)
         self.last_cpu_change = now
         self.cpu_ms: int | None = None
         self.console_size = -1
@@ -131,7 +132,7 @@ class ProgressWatch:
 
     def heartbeat(self, now: float, cpu_ms: int | None) -> None:
         self.heartbeats += 1
-        self.last_sign = now
+        self.last_sign = self.last_beat = now
         if cpu_ms is not None and cpu_ms != self.cpu_ms:
             if self.cpu_ms is None or cpu_ms > self.cpu_ms:
                 self.last_cpu_change = now
@@ -145,6 +146,11 @@ class ProgressWatch:
 
     def guest_stalled(self, now: float) -> bool:
         return now - self.last_sign >= self.window_s
+
+    def agent_silent(self, now: float) -> bool:
+        """No heartbeat for the window, whatever the console does (a kernel spewing
+        lockup reports while the agent cannot run has stopped making progress too)."""
+        return now - self.last_beat >= self.window_s
 
     def program_stalled(self, now: float) -> bool:
         return self.heartbeats > 0 and now - self.last_cpu_change >= self.window_s

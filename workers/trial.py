@@ -165,7 +165,7 @@ def no_answer(run: TrialRun, deadline_s: float, panicked: bool) -> tuple[str, st
         return "guest-died", "libvirt reports the guest crashed"
     if run.state == DomainState.RUNNING and run.stalled:
         return "timeout", (
-            f"the guest stopped making progress: no heartbeat and no console output for "
+            f"the guest stopped making progress: no heartbeat from its agent for "
             f"{NO_PROGRESS_S:.0f} s ({run.heartbeats} heartbeats before)"
         )
     why = run.broken or (

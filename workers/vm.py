@@ -67,7 +67,7 @@ class TrialRun:
     answer: dict[str, Any] | None  # the agent's result message, None if it never came
     console: str
     broken: str | None = None  # why the control channel broke, if it did
-    stalled: bool = False  # no heartbeat and no console output for the no-progress window
+    stalled: bool = False  # no heartbeat (and, before the cap, no console) for the window
     program_stalled: bool = False  # the agent beat, but the program's CPU time stood still
     state: str = DomainState.RUNNING  # libvirt's word on the domain when no answer came
     heartbeats: int = 0
@@ -212,7 +212,9 @@ class Guest:
             answer=answer,
             console=self._excerpt(trial_id, offset),
             broken=broken,
-            stalled=answer is None and broken is None and watch.guest_stalled(now),
+            stalled=answer is None
+            and broken is None
+            and (watch.guest_stalled(now) or watch.agent_silent(now)),
             program_stalled=watch.program_stalled(now),
             state=state,
             heartbeats=watch.heartbeats,

@@ -138,6 +138,18 @@ def test_a_silent_guest_is_stalled_after_the_window_and_console_counts_as_progre
     assert watch.guest_stalled(20.0 + NO_PROGRESS_S)
 
 
+def test_an_agent_silent_while_the_console_spews_has_stopped_too() -> None:
+    """Soft-lockup reports every few seconds keep the console growing, but the agent,
+    which cannot run, sends no heartbeat: by the cap that is a hang, not infra."""
+    watch = ProgressWatch(now=0.0)
+    watch.console(0.0, 0)
+    watch.heartbeat(2.0, 100)
+    for t in range(4, 100, 4):
+        watch.console(float(t), t * 100)
+    assert not watch.guest_stalled(99.0)
+    assert watch.agent_silent(99.0) and not watch.agent_silent(2.0 + NO_PROGRESS_S - 1)
+
+
 def test_a_program_whose_cpu_time_stands_still_is_stalled_though_the_agent_beats() -> None:
     watch = ProgressWatch(now=0.0)
     for i in range(1, 40):
