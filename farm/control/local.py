@@ -60,7 +60,12 @@ def run_locally(
                 on_record(result, verdict)
 
             scheduler = Scheduler(
-                app, sessions, batch_size=1, deadline_s=settings.trial_deadline_s, on_record=record
+                app,
+                sessions,
+                batch_size=1,
+                deadline_s=settings.trial_deadline_s,
+                boot_s=settings.boot_deadline_s,
+                on_record=record,
             )
             give_up = time.monotonic() + trials * (settings.trial_deadline_s + 60) + 300
 
