@@ -67,12 +67,13 @@ def _at_start(**_: Any) -> None:
     """At worker start: refuse time limits Redis would cut short; cap old logs (workers/disk.py)."""
     settings = _settings()
     try:
-        check_worker_budget(
-            boot_s=settings.boot_deadline_s,
-            floor_s=settings.trial_deadline_s,
-            visibility_s=settings.visibility_timeout_s,
-            task_hard_limit_s=app.conf.task_time_limit or 0,
-        )
+        if settings.executor != "synthetic":  # no guests, no boot: nothing to budget
+            check_worker_budget(
+                boot_s=settings.boot_deadline_s,
+                floor_s=settings.trial_deadline_s,
+                visibility_s=settings.visibility_timeout_s,
+                task_hard_limit_s=app.conf.task_time_limit or 0,
+            )
     except BudgetError as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from exc  # not an Exception: Celery's signal dispatch lets it out

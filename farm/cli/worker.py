@@ -36,12 +36,13 @@ def worker(
     from farm.timing import BudgetError, check_worker_budget
 
     try:
-        check_worker_budget(
-            boot_s=settings.boot_deadline_s,
-            floor_s=settings.trial_deadline_s,
-            visibility_s=settings.visibility_timeout_s,
-            task_hard_limit_s=TRIAL_HARD_LIMIT_S,
-        )
+        if settings.executor != "synthetic":  # no guests, no boot: nothing to budget
+            check_worker_budget(
+                boot_s=settings.boot_deadline_s,
+                floor_s=settings.trial_deadline_s,
+                visibility_s=settings.visibility_timeout_s,
+                task_hard_limit_s=TRIAL_HARD_LIMIT_S,
+            )
     except BudgetError as exc:
         raise FarmError(str(exc)) from exc
     cpu = can_limit_cpu()
