@@ -83,6 +83,12 @@ def main() -> None:
                 }
             )
             campaigns.transition(campaigns.create(session, spec), "running")
+        # synthetic trials take no time: lift the batch budget (boot + deadlines within the
+        # visibility timeout, farm/timing.py) so that --batch is what travels
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "visibility_timeout": 10**7,
+        }
         scheduler = Scheduler(app, sessions, batch_size=args.batch)
         started = time.perf_counter()
         done = 0
