@@ -86,7 +86,7 @@ class Settings:
     libvirt_uri: str = "qemu:///system"
     guest_memory_mb: int = 1024
     guest_cpus: int = 2
-    trial_deadline_s: int = 120
+    trial_deadline_s: int = 120  # the floor of each trial's cost-scaled deadline (docs/timing.md)
     boot_deadline_s: int = 90
     virt_type: str | None = None  # "kvm" or "qemu" (TCG); unset: probe once per host
     executor: str = "libvirt"  # "synthetic": no guests, instant clean results (benchmarks)
