@@ -57,6 +57,7 @@ SLOW = "zf1-00000000000000bb~batch=1,kick_delay_us=50,pages=4096,rounds=2"
 SLOWER = "zf1-00000000000000bb~batch=1,kick_delay_us=50,pages=4096,rounds=4"
 QUICK = "zf1-00000000000000cc~pages=128"
 LIBVIRT_KILL_S = 15  # libvirt destroys a QEMU that ignores SIGTERM with SIGKILL after 10 s
+BOOT_S = 240  # TCG boots: ~13 s idle, measured 85-90 s on a host 7x oversubscribed
 MCE_PANIC = "mce 0 0 0xb200000000000000 0x4 0 0"  # bank 0: VAL|UC|EN|PCC, MCG_STATUS=MCIP
 
 
@@ -70,6 +71,7 @@ class GuestFarm:
             database_url=f"sqlite:///{tmp / 'farm.sqlite'}",
             broker_url=redis.url(0),
             result_backend=redis.url(1),
+            boot_deadline_s=BOOT_S,
         )
         upgrade(self.settings.database_url)
         self.engine = make_engine(self.settings.database_url)
@@ -121,7 +123,12 @@ class GuestFarm:
 
     def scheduler(self, deadline_s: float) -> Scheduler:
         return Scheduler(
-            self.app, self.sessions, batch_size=1, deadline_s=deadline_s, on_record=self._on_record
+            self.app,
+            self.sessions,
+            batch_size=1,
+            deadline_s=deadline_s,
+            boot_s=BOOT_S,
+            on_record=self._on_record,
         )
 
     def drive(
