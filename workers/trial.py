@@ -29,6 +29,7 @@ from workers.pool import GuestPool
 from workers.vm import DomainState, Guest, GuestError, TrialRun
 
 MAX_TRIAL_ID = 128
+UNREAPED = "not reaped after SIGKILL"  # the agent's error for a program it could not reap
 
 
 def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> TrialResult:
@@ -104,7 +105,7 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         "console_truncated": console_truncated,
     }
     reports = parse_console(run.console)
-    stuck = run.answer is not None and run.answer.get("status") == "timeout" and run.program_stalled
+    stuck = run.answer is not None and _stuck(run)
     tainted = run.answer is None or stuck or bool(reports)  # a merely slow trial does not taint
     pool.release(kernel_name, tainted=tainted)
 
@@ -121,11 +122,15 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         "signal": _int_or_none(answer.get("signal")),
         "elapsed_ms": max(0, _int_or_none(answer.get("elapsed_ms")) or 0),
     }
-    if status == "timeout" and run.program_stalled:
+    if _stuck(run):
+        why = (
+            "could not be reaped after SIGKILL (stuck in the kernel)"
+            if answer.get("error") == UNREAPED
+            else f"stopped making progress (its CPU time stood still for {NO_PROGRESS_S:.0f} s)"
+        )
         return finish(
             "timeout",
-            f"trial program stopped making progress (its CPU time stood still for "
-            f"{NO_PROGRESS_S:.0f} s) and was killed at its {deadline_s:.0f} s deadline",
+            f"trial program {why}; killed at its {deadline_s:.0f} s deadline",
             output=output,
             **fields,
         )
@@ -147,6 +152,14 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
     except ResultError as exc:
         return finish("program-error", str(exc), output=output, **fields)
     return finish("ok", program.error, program=program, **fields)
+
+
+def _stuck(run: TrialRun) -> bool:
+    """The agent killed the program at its deadline and it had stopped making progress."""
+    answer = run.answer or {}
+    return answer.get("status") == "timeout" and (
+        run.program_stalled or answer.get("error") == UNREAPED
+    )
 
 
 def no_answer(run: TrialRun, deadline_s: float, panicked: bool) -> tuple[str, str]:
