@@ -894,15 +894,18 @@ static void punch_range(size_t first, size_t count)
 		memset(punched + first, 1, count);
 }
 
-/* Shrink the file to `pages` pages (never extend: evictors may finish out of order). */
-static void truncate_to(size_t pages)
+/* Shrink the file to `pages` pages (never extend: evictors may finish out of order).
+ * False when there was nothing to cut (a lower batch's truncation came first). */
+static bool truncate_to(size_t pages)
 {
 	off_t size = (off_t)(pages * (size_t)page_size);
+	bool cut = false;
 	int ret = 0;
 
 	pthread_mutex_lock(&size_lock);
 	if (size < file_size) {
 		ret = ftruncate(memfd, size);
+		cut = true;
 		if (!ret)
 			file_size = size;
 		atomic_fetch_add(&punch_calls, 1);
@@ -912,6 +915,7 @@ static void truncate_to(size_t pages)
 	pthread_mutex_unlock(&size_lock);
 	if (!ret)
 		memset(punched + pages, 1, npages - pages);
+	return cut;
 }
 
 static bool extend_file(void)
@@ -931,11 +935,13 @@ static void zap_batch(size_t b)
 {
 	size_t first = b * (size_t)ARG(F_BATCH);
 
-	zap_span[b].start = now_us();
-	if (is_truncate())
-		truncate_to(first);
-	else
+	uint64_t start = now_us();
+
+	if (is_truncate() && !truncate_to(first))
+		return;	/* already cut off with a lower batch: no zap of its own */
+	if (!is_truncate())
 		punch_range(first, batch_len(b));
+	zap_span[b].start = start;
 	zap_span[b].end = now_us();
 }
 
@@ -1187,7 +1193,7 @@ static void count_proxy(int to)
 static void sweep(void)
 {
 	if (is_truncate()) {
-		truncate_to(0);
+		(void)truncate_to(0);
 		return;
 	}
 	if (MOVER == MV_NUMA_BALANCING)
