@@ -25,12 +25,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SPACE_VERSION = 2
-KNOWN_VERSIONS = frozenset({1, 2})
+SPACE_VERSION = 3
+KNOWN_VERSIONS = frozenset({1, 2, 3})
 
 PUNCH_METHODS = ("fallocate", "madvise")
 PLACEMENTS = ("any", "same", "split")  # threads unpinned, all on one CPU, spread over CPUs
 VCPU_PINS = ("none", "same", "split")  # guest vCPUs on any host CPU, all on one, one each
+# v3: what is zapped and how the pages are mapped (guest/README.md), and what moves them
+SCENARIOS = (
+    "shared-punch",  # the seed: a MAP_SHARED memfd mapping under hole punch
+    "shared-truncate",
+    "private-truncate",  # MAP_PRIVATE, every other page COWed: truncation must discard them
+    "private-punch",  # the same under hole punch: COWed data must survive
+    "swapped-private-truncate",  # private COWs pushed to swap (MADV_PAGEOUT) first
+    "swapped-private-punch",
+)
+MOVERS = ("move_pages", "mbind", "numa-balancing")
+SWAPPED_SCENARIOS = frozenset(s for s in SCENARIOS if s.startswith("swapped-"))
 
 _TOKEN_RE = re.compile(r"^zf(?P<version>\d+)-(?P<seed>[0-9a-f]{16})(?:~(?P<overrides>.*))?$")
 _OVERRIDE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
@@ -135,6 +146,18 @@ KNOBS: dict[str, Knob] = {
         since=2,
         default=0,
     ),
+    # v3: scenarios with lasting damage and other movers. Their flags are left out of
+    # the command line at their defaults, so v1 and v2 tokens keep their exact argv.
+    "scenario": Knob(
+        _choice(SCENARIOS),
+        _one_of(SCENARIOS),
+        "mapping and zap (docs/protocol.md)",
+        since=3,
+        default="shared-punch",
+    ),
+    "mover": Knob(
+        _choice(MOVERS), _one_of(MOVERS), "what moves the pages", since=3, default="move_pages"
+    ),
 }
 
 # Knobs drawn log-uniformly above (_log_range): statistics over them (the search's
@@ -165,6 +188,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cpu_quota_pct": 100,
         "vcpu_pin": "none",
         "pressure_mb": 0,
+        "scenario": "shared-punch",
+        "mover": "move_pages",
     },
 }
 
@@ -176,7 +201,7 @@ def _uniform(version: int, seed: int, name: str) -> int:
 
 @dataclass(frozen=True)
 class TrialParams:
-    """Everything that decides what one trial does (parameter space v1)."""
+    """Everything that decides what one trial does (knobs of every parameter space version)."""
 
     pages: int
     evict_delay_min_us: int
@@ -193,6 +218,8 @@ class TrialParams:
     cpu_quota_pct: int = 100
     vcpu_pin: str = "none"
     pressure_mb: int = 0
+    scenario: str = "shared-punch"
+    mover: str = "move_pages"
 
     def __post_init__(self) -> None:
         problems = [
@@ -225,7 +252,8 @@ class TrialParams:
         """The trial program's command line (guest/zapmigrate.c reads these flags)."""
         args: list[str] = []
         for name, value in self.to_dict().items():
-            if KNOBS[name].level == "program":
+            knob = KNOBS[name]
+            if knob.level == "program" and not (knob.since >= 3 and value == knob.default):
                 args += ["--" + name.replace("_", "-"), str(value)]
         return args
 
@@ -316,7 +344,13 @@ class SeedToken:
     def with_preset(self, name: str) -> SeedToken:
         if name not in PRESETS:
             raise TokenError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-        return self.with_overrides(PRESETS[name])
+        # A preset names every knob; those newer than this token keep their default anyway.
+        values = {
+            n: v
+            for n, v in PRESETS[name].items()
+            if KNOBS[n].since <= self.version or v != KNOBS[n].default
+        }
+        return self.with_overrides(values)
 
     def params(self) -> TrialParams:
         values = {

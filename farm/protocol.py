@@ -53,9 +53,23 @@ class Punch(_Strict):
 
 
 class Vma(_Strict):
+    """The memfd mapping's smaps fields, summed over its VMAs (mbind() may split it)."""
+
     found: bool
     rss_kb: Kb | None
-    pss_shmem_kb: Kb | None
+    pss_shmem_kb: Kb | None  # Pss when the kernel prints no per-VMA Pss_Shmem
+    # private scenarios: COWed pages are anonymous and may legitimately stay (hole punch)
+    anon_kb: Kb | None = None
+    swap_kb: Kb | None = None
+
+    @property
+    def file_rss_kb(self) -> int | None:
+        """The memfd's own pages still mapped: Rss without the private COWs."""
+        return None if self.rss_kb is None else self.rss_kb - (self.anon_kb or 0)
+
+    @property
+    def file_pss_kb(self) -> int | None:
+        return None if self.pss_shmem_kb is None else self.pss_shmem_kb - (self.anon_kb or 0)
 
 
 class Rollup(_Strict):
@@ -66,6 +80,42 @@ class RssShmem(_Strict):
     before: Kb | None
     populated: Kb | None
     punched: Kb | None
+
+
+PageState = Literal["zero", "file", "cow", "other", "sigbus", "sigsegv"]
+MAX_MISMATCHES = 8  # offending pages the trial program lists
+
+
+class DataMismatch(_Strict):
+    """One page that did not read what POSIX requires after the zap."""
+
+    page: Count
+    round: Annotated[int, Field(ge=0, le=64)]
+    phase: Literal["zapped", "truncated", "extended"]
+    want: PageState
+    got: PageState
+    word: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]  # the page's first 64-bit word
+
+
+class DataCheck(_Strict):
+    """The data oracle: every page read after every round's zap (docs/protocol.md)."""
+
+    checked: Count  # page reads, over all rounds and phases
+    mismatches: Count
+    first: list[DataMismatch] = Field(default_factory=list, max_length=MAX_MISMATCHES)
+
+
+class Proxy(_Strict):
+    """The user-space window proxy: pages whose zap overlapped their raced move in time."""
+
+    overlapped: Count
+    moved: Count  # of those, pages the move reported on its target node
+    gone: Count  # of those, pages the move found gone (-ENOENT/-EFAULT)
+
+
+class Swap(_Strict):
+    total_kb: Kb | None  # active swap in /proc/swaps
+    paged_out_kb: Kb | None  # the mapping's Swap after MADV_PAGEOUT (swapped scenarios)
 
 
 class ProgramOutput(_Strict):
@@ -82,8 +132,19 @@ class ProgramOutput(_Strict):
     vma: Vma
     rollup: Rollup
     rss_shmem_kb: RssShmem
+    # since parameter space v3's program; None in results of older programs
+    data: DataCheck | None = None
+    proxy: Proxy | None = None
+    swap: Swap | None = None
+    numa_balancing: Annotated[int, Field(ge=0, le=3)] | None = None  # sysctl during the trial
     timing_us: dict[ShortStr, Count] = Field(max_length=32)
     error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None
+
+    @property
+    def scenario(self) -> str:
+        """The scenario the program ran (older programs ran only the seed's)."""
+        value = self.inputs.get("scenario", "shared-punch")
+        return value if isinstance(value, str) else "shared-punch"
 
 
 Outcome = Literal[

@@ -36,6 +36,8 @@
 #include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/swap.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -1073,6 +1075,77 @@ static void write_file(const char *path, const char *text)
 	close(fd);
 }
 
+/*
+ * Modules for this kernel: /lib/modules/<release>/zapfarm.order names .ko files
+ * of that folder in load order (farm/artifacts/guest_image.py puts zram and its
+ * dependencies there for kernels that build them as modules). An image may
+ * carry several releases: only the running kernel's are loaded.
+ */
+static void load_modules(void)
+{
+	char dir[200], path[512], name[256];
+	struct utsname uts;
+	FILE *order;
+
+	if (uname(&uts))
+		return;
+	snprintf(dir, sizeof(dir), "/lib/modules/%.150s", uts.release);
+	snprintf(path, sizeof(path), "%s/zapfarm.order", dir);
+	order = fopen(path, "re");
+	if (!order)
+		return;
+	while (fgets(name, sizeof(name), order)) {
+		int fd;
+
+		name[strcspn(name, "\n")] = '\0';
+		if (!name[0] || strchr(name, '/'))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST))
+			logmsg("module %s: %s", name, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	fclose(order);
+}
+
+#define ZRAM_SWAP_MB 128	/* keep in step with the disksize written below */
+
+/*
+ * Swap on zram0 when the kernel has zram (built in, or loaded above): the
+ * swapped scenarios push private COWed pages to swap. A swap header is one
+ * page: version 1 and the last page at byte 1024, "SWAPSPACE2" at its end.
+ */
+static void setup_swap(void)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	uint32_t header[3] = { 1, (uint32_t)((ZRAM_SWAP_MB << 20) / page - 1), 0 };
+	char *first;
+	int fd;
+
+	if (access("/sys/block/zram0/disksize", W_OK))
+		return;	/* no zram: the swapped scenarios report "no active swap" */
+	write_file("/sys/block/zram0/disksize", "128M\n");
+	first = calloc(1, (size_t)page);
+	fd = open("/dev/zram0", O_WRONLY | O_CLOEXEC);
+	if (!first || fd < 0) {
+		logmsg("zram swap: open /dev/zram0: %s", strerror(errno));
+		free(first);
+		return;
+	}
+	memcpy(first + 1024, header, sizeof(header));
+	memcpy(first + page - 10, "SWAPSPACE2", 10);
+	if (write(fd, first, (size_t)page) != page)
+		logmsg("zram swap: write header: %s", strerror(errno));
+	close(fd);
+	free(first);
+	if (swapon("/dev/zram0", 0))
+		logmsg("zram swap: swapon: %s", strerror(errno));
+	else
+		logmsg("zram swap: %d MiB on /dev/zram0", ZRAM_SWAP_MB);
+}
+
 static void init_system(void)
 {
 	mount_one("proc", "/proc", "proc", NULL);
@@ -1083,6 +1156,8 @@ static void init_system(void)
 	 * only debug chatter goes. The console stays where the cmdline put it. */
 	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, CONSOLE_LOGLEVEL);
 	write_file("/proc/sys/kernel/printk_devkmsg", "on\n");
+	load_modules();
+	setup_swap();
 	if (chdir("/")) {
 		/* cannot happen for / */
 	}

@@ -29,6 +29,7 @@ class VerdictKind(StrEnum):
     GUEST_CRASH = "guest-crash"
     HANG = "hang"
     KERNEL_REPORT = "kernel-report"
+    DATA_MISMATCH = "data-mismatch"  # user data not what POSIX requires after a zap
     SMAPS_MISMATCH = "smaps-mismatch"
     COUNTER_MISMATCH = "counter-mismatch"
     CLEAN = "clean"

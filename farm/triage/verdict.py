@@ -1,4 +1,4 @@
-"""A trial's verdict, from its outcome, its four oracles and its console.
+"""A trial's verdict, from its outcome, its five oracles and its console.
 
 Kinds, most severe first (a trial gets the first that applies):
 
@@ -13,7 +13,13 @@ Kinds, most severe first (a trial gets the first that applies):
   from the guest, or a trial program whose CPU time stood still).
 - ``kernel-report``: a kernel report on the trial's console (the teardown
   oracle's ``BUG: Bad rss-counter state`` is one).
-- ``smaps-mismatch``: the memfd VMA keeps Rss or Pss_Shmem after every page was punched.
+- ``data-mismatch``: a page of the range did not read what POSIX requires after
+  the zap (the data oracle). It outranks a single NUMA node and a program
+  error: the read happened and the kernel answered wrongly, whether or not
+  pages could move (swapped scenarios need no migration at all). A run whose
+  data all checked out on one node stays ``invalid``: the race never ran.
+- ``smaps-mismatch``: the memfd VMA keeps Rss or Pss_Shmem after every page
+  was zapped (private COWed pages, which may legitimately stay, not counted).
 - ``counter-mismatch``: RssShmem does not return to its before-populate baseline.
 - ``clean``.
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.protocol import TrialResult
+from farm.protocol import DataMismatch, ProgramOutput, TrialResult
 from farm.triage.engine import Report, parse
 from farm.triage.kinds import FINDING_KINDS, KINDS, VerdictKind
 
@@ -68,8 +74,14 @@ def judge(result: TrialResult) -> Verdict:
     if result.outcome != "ok" or result.program is None:
         return Verdict(VerdictKind.INVALID, detail=result.error or f"outcome {result.outcome}")
     program = result.program
+    data = data_verdict(program)
+    if data is not None:
+        return data
     if program.numa_nodes < 2:
-        return Verdict(VerdictKind.INVALID, detail=f"guest had {program.numa_nodes} NUMA node(s)")
+        said = f"; trial program: {program.error}" if program.error else ""
+        return Verdict(
+            VerdictKind.INVALID, detail=f"guest had {program.numa_nodes} NUMA node(s){said}"
+        )
     if program.error:
         return Verdict(VerdictKind.INVALID, detail=f"trial program: {program.error}")
     vma = program.vma
@@ -77,11 +89,13 @@ def judge(result: TrialResult) -> Verdict:
         return Verdict(
             VerdictKind.INVALID, detail="the memfd VMA was not found in /proc/self/smaps"
         )
-    if vma.rss_kb != 0 or (vma.pss_shmem_kb or 0) != 0:
+    if vma.file_rss_kb != 0 or (vma.file_pss_kb or 0) != 0:
+        cows = f" ({vma.anon_kb} kB of private COWs not counted)" if vma.anon_kb else ""
         return Verdict(
             VerdictKind.SMAPS_MISMATCH,
             title="smaps: memfd VMA keeps pages after punching every page",
-            detail=f"Rss {vma.rss_kb} kB, Pss_Shmem {vma.pss_shmem_kb} kB after punch (want 0)",
+            detail=f"Rss {vma.file_rss_kb} kB, Pss_Shmem {vma.file_pss_kb} kB after punch "
+            f"(want 0){cows}",
         )
     rss = program.rss_shmem_kb
     if rss.before is None or rss.punched is None:
@@ -93,3 +107,36 @@ def judge(result: TrialResult) -> Verdict:
             detail=f"RssShmem {rss.before} kB before populate, {rss.punched} kB after punch",
         )
     return Verdict(VerdictKind.CLEAN)
+
+
+def data_title(scenario: str, first: DataMismatch) -> str:
+    """A data finding's title, naming the damage and the scenario, e.g.
+    ``data: private COW page survives truncate (private-truncate)``."""
+    op = "truncate" if "truncate" in scenario else "hole punch"
+    if first.want in ("sigbus", "zero") and first.got == "cow":
+        what = f"private COW page survives {op}"
+    elif first.want in ("sigbus", "zero") and first.got == "file":
+        what = f"page keeps its data after {op}"
+    elif first.want == "cow":
+        what = f"private COW page lost by {op}"
+    else:
+        what = f"page reads {first.got} where {first.want} is due after {op}"
+    return f"data: {what} ({scenario})"
+
+
+def data_verdict(program: ProgramOutput) -> Verdict | None:
+    """The data oracle's verdict, or None when every page read as due (or none was read)."""
+    data = program.data
+    if data is None or data.mismatches == 0:
+        return None
+    scenario = program.scenario
+    pages = "; ".join(
+        f"page {m.page} round {m.round} {m.phase}: read {m.got} ({m.word}), want {m.want}"
+        for m in data.first
+    )
+    title = data_title(scenario, data.first[0]) if data.first else f"data: {scenario} mismatch"
+    return Verdict(
+        VerdictKind.DATA_MISMATCH,
+        title=title,
+        detail=f"{scenario}: {data.mismatches} of {data.checked} page reads wrong; {pages}",
+    )

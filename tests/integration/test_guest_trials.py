@@ -158,3 +158,29 @@ def test_vm_level_knobs_reach_the_running_guest(farm: Farm) -> None:
         assert all(cpus == (True,) + (False,) * (len(cpus) - 1) for cpus in dom.vcpuPinInfo())
     finally:
         conn.close()
+
+
+def test_scenarios_on_the_installed_kernel_swap_on_zram_and_check_every_page(farm: Farm) -> None:
+    """v3 scenarios in a real guest: the agent loaded zram from the image and put swap on it."""
+    tokens = [
+        "zf3-00000000000000d1~mover=move_pages,pages=256,rounds=2,scenario=swapped-private-truncate",
+        "zf3-00000000000000d2~mover=mbind,pages=256,rounds=1,scenario=private-punch",
+        "zf3-00000000000000d3~mover=move_pages,pages=256,rounds=2,scenario=shared-truncate",
+    ]
+    results = farm.run(*tokens)
+    for r in results:
+        assert r.outcome == "ok", (r.error, r.console[-2000:])
+        program = r.program
+        assert program is not None and program.error is None, program and program.error
+        assert program.swap is not None and program.swap.total_kb > 0  # zram swap is on
+        assert program.data is not None and program.data.mismatches == 0
+        rounds = int(program.inputs["rounds"])
+        phases = 2 if "truncate" in program.scenario else 1
+        assert program.data.checked == 256 * rounds * phases
+        assert program.proxy is not None and program.migrate.moved > 0
+        assert judge(r).kind == "clean", (judge(r), r.console[-2000:])
+    swapped = results[0].program
+    assert swapped is not None and swapped.swap is not None
+    assert swapped.swap.paged_out_kb == 256 * 4  # every page went to swap before the race
+    punched = results[1].program
+    assert punched is not None and punched.vma.anon_kb == 128 * 4  # COWs survive a hole punch

@@ -9,7 +9,9 @@ import pytest
 from farm.params import (
     KNOBS,
     MAX_PAGES,
+    MOVERS,
     PRESETS,
+    SCENARIOS,
     SeedToken,
     TokenError,
     TrialParams,
@@ -42,6 +44,8 @@ def test_derivation_is_pinned() -> None:
         "cpu_quota_pct": 100,
         "vcpu_pin": "none",
         "pressure_mb": 0,
+        "scenario": "shared-punch",
+        "mover": "move_pages",
     }
 
 
@@ -111,7 +115,7 @@ def test_pasted_token_tolerates_surrounding_whitespace() -> None:
 
 
 def test_argv_names_every_program_parameter_once() -> None:
-    p = params_for("zf2-8188e2f542964e0c")
+    p = params_for("zf3-8188e2f542964e0c~mover=mbind,scenario=private-punch")
     argv = p.argv()
     flags = argv[0::2]
     program = [f.name for f in dataclasses.fields(TrialParams) if KNOBS[f.name].level == "program"]
@@ -145,3 +149,48 @@ def test_from_dict_rejects_unknown_and_missing() -> None:
 
 def test_hard_limit_admits_the_seed_buffer_only() -> None:
     assert KNOBS["pages"].valid(MAX_PAGES) and not KNOBS["pages"].valid(MAX_PAGES + 1)
+
+
+# Command lines of v1 and v2 tokens as they were before parameter space v3 existed: the
+# trial program must receive exactly these, flag for flag.
+OLD_ARGV = {
+    "zf1-8188e2f542964e0c": [
+        "--pages", "375", "--evict-delay-min-us", "6", "--evict-delay-max-us", "48",
+        "--kick-delay-us", "4", "--batch", "2", "--src-node", "0", "--dst-node", "1",
+        "--rounds", "1", "--punch", "fallocate", "--evictors", "1", "--placement", "any",
+        "--rng-seed", "1822678167", "--pressure-mb", "0",
+    ],
+}  # fmt: skip
+
+
+def test_old_tokens_keep_their_argv() -> None:
+    for token, argv in OLD_ARGV.items():
+        assert params_for(token).argv() == argv
+    v2 = params_for("zf2-8188e2f542964e0c")
+    assert (v2.scenario, v2.mover) == ("shared-punch", "move_pages")
+    assert "--scenario" not in v2.argv() and "--mover" not in v2.argv()
+    with pytest.raises(TokenError, match="came with v3"):
+        SeedToken.parse("zf2-8188e2f542964e0c~scenario=private-truncate")
+
+
+def test_v3_draws_every_scenario_and_mover_and_passes_them_on() -> None:
+    drawn = [SeedToken(seed=s, version=3).params() for s in range(300)]
+    assert {p.scenario for p in drawn} == set(SCENARIOS)
+    assert {p.mover for p in drawn} == set(MOVERS)
+    p = SeedToken.parse("zf3-8188e2f542964e0c~mover=mbind,scenario=private-truncate").params()
+    argv = p.argv()
+    assert argv[argv.index("--scenario") + 1] == "private-truncate"
+    assert argv[argv.index("--mover") + 1] == "mbind"
+    # at their defaults the v3 flags are left out: the program defaults to the seed's
+    seed_like = SeedToken.parse("zf3-8188e2f542964e0c~mover=move_pages,scenario=shared-punch")
+    assert "--scenario" not in seed_like.params().argv()
+    with pytest.raises(TokenError, match="scenario='punch'"):
+        SeedToken.parse("zf3-8188e2f542964e0c~scenario=punch")
+
+
+def test_seed_preset_applies_to_older_tokens_and_pins_the_seed_scenario() -> None:
+    assert SeedToken.parse("zf2-8188e2f542964e0c").with_preset("seed-2022").params().pages == (
+        MAX_PAGES
+    )
+    v3 = SeedToken.parse("zf3-8188e2f542964e0c~scenario=private-punch").with_preset("seed-2022")
+    assert (v3.params().scenario, v3.params().mover) == ("shared-punch", "move_pages")

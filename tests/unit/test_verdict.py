@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from farm.protocol import TrialResult
+from farm.protocol import DataCheck, TrialResult
 from farm.triage.verdict import FINDING_KINDS, KINDS, judge
 from workers.synthetic import synthetic_result
 
@@ -128,3 +129,117 @@ def test_selftest_counts_the_inlined_title_as_the_expected_warning() -> None:
     control.add(other, judge(other).kind)
     assert (control.trials, control.first_hit, control.hits) == (3, 2, 1)
     assert control.findings == {"WARNING in unmap_page_range": 1, "BUG: Bad rss-counter state": 1}
+
+
+# ---- the data oracle -----------------------------------------------------------------
+
+
+def with_data(
+    scenario: str, mismatches: list[dict[str, object]], *, numa_nodes: int = 2, **top: object
+) -> TrialResult:
+    base = clean_result()
+    inputs = {**base.program.inputs, "scenario": scenario}
+    data = DataCheck(checked=1024, mismatches=len(mismatches), first=mismatches)
+    program = base.program.model_copy(
+        update={"inputs": inputs, "data": data, "numa_nodes": numa_nodes, **top}
+    )
+    return base.model_copy(update={"program": program})
+
+
+def page(page: int, phase: str, want: str, got: str) -> dict[str, object]:
+    return {"page": page, "round": 0, "phase": phase, "want": want, "got": got, "word": "0" * 16}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "first", "title"),
+    [
+        (
+            "private-truncate",
+            page(4, "truncated", "sigbus", "cow"),
+            "data: private COW page survives truncate (private-truncate)",
+        ),
+        (
+            "swapped-private-truncate",
+            page(2, "extended", "zero", "cow"),
+            "data: private COW page survives truncate (swapped-private-truncate)",
+        ),
+        (
+            "private-punch",
+            page(0, "zapped", "cow", "zero"),
+            "data: private COW page lost by hole punch (private-punch)",
+        ),
+        (
+            "shared-punch",
+            page(9, "zapped", "zero", "file"),
+            "data: page keeps its data after hole punch (shared-punch)",
+        ),
+        (
+            "shared-truncate",
+            page(9, "extended", "zero", "sigsegv"),
+            "data: page reads sigsegv where zero is due after truncate (shared-truncate)",
+        ),
+    ],
+)
+def test_data_oracle_titles_name_the_damage_and_the_scenario(
+    scenario: str, first: dict[str, object], title: str
+) -> None:
+    verdict = judge(with_data(scenario, [first, page(11, "zapped", "zero", "other")]))
+    assert (verdict.kind, verdict.title) == ("data-mismatch", title)
+    assert verdict.is_finding
+    assert verdict.detail is not None and "2 of 1024 page reads wrong" in verdict.detail
+    assert f"page {first['page']} round 0 {first['phase']}: read {first['got']}" in verdict.detail
+
+
+def test_a_data_mismatch_outranks_one_node_and_the_smaps_oracle() -> None:
+    damaged = with_data(
+        "swapped-private-truncate",
+        [page(0, "truncated", "sigbus", "cow")],
+        numa_nodes=1,
+        error="numa: 1 node",
+    )
+    assert judge(damaged).kind == "data-mismatch"
+    vma_too = damaged.program.vma.model_copy(update={"rss_kb": 8, "pss_shmem_kb": 8})
+    both = damaged.model_copy(
+        update={"program": damaged.program.model_copy(update={"vma": vma_too})}
+    )
+    assert judge(both).kind == "data-mismatch"
+
+
+def test_data_that_checked_out_on_one_node_stays_invalid() -> None:
+    verdict = judge(with_data("private-truncate", [], numa_nodes=1, error="numa: 1 node"))
+    assert verdict.kind == "invalid"
+    assert verdict.detail == "guest had 1 NUMA node(s); trial program: numa: 1 node"
+
+
+def test_a_kernel_report_outranks_a_data_mismatch() -> None:
+    result = with_data("private-truncate", [page(0, "truncated", "sigbus", "cow")])
+    assert judge(result.model_copy(update={"console": console("zapfarm-bad-page-map")})).kind == (
+        "kernel-report"
+    )
+
+
+def test_private_cows_that_stay_are_not_an_smaps_mismatch() -> None:
+    """A hole punch keeps private COWed pages: Rss made of Anonymous pages is due."""
+    kept = with_program(vma={"rss_kb": 512, "pss_shmem_kb": 512, "anon_kb": 512})
+    assert judge(kept).kind == "clean"
+    leaked = with_program(vma={"rss_kb": 516, "pss_shmem_kb": 516, "anon_kb": 512})
+    verdict = judge(leaked)
+    assert verdict.kind == "smaps-mismatch" and "Rss 4 kB" in (verdict.detail or "")
+
+
+def test_data_mismatch_is_a_finding_kind_ranked_below_kernel_reports() -> None:
+    assert "data-mismatch" in FINDING_KINDS
+    assert (
+        KINDS.index("kernel-report") < KINDS.index("data-mismatch") < KINDS.index("smaps-mismatch")
+    )
+
+
+def test_mismatch_list_is_bounded() -> None:
+    with pytest.raises(ValidationError):
+        DataCheck(
+            checked=10, mismatches=9, first=[page(i, "zapped", "zero", "file") for i in range(9)]
+        )
+    with pytest.raises(ValidationError):
+        DataCheck(
+            checked=1, mismatches=1, first=[{**page(0, "zapped", "zero", "file"), "got": "x"}]
+        )

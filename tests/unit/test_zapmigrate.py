@@ -13,6 +13,7 @@ import errno
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from typing import Any
 import pytest
 
 from farm.artifacts.guest_image import GUEST_DIR, compile_static
-from farm.params import TrialParams
-from farm.protocol import parse_program_output
+from farm.params import MOVERS, SCENARIOS, SWAPPED_SCENARIOS, TrialParams
+from farm.protocol import TrialResult, parse_program_output
+from farm.triage.verdict import Verdict, judge
+
+NUMA_SYSCTL = "/proc/sys/kernel/numa_balancing"
 
 HOST_NODES = len(list(Path("/sys/devices/system/node").glob("node[0-9]*")))
 pytestmark = pytest.mark.skipif(HOST_NODES != 1, reason="expects a single-NUMA-node host")
@@ -83,12 +87,14 @@ def test_single_node_trial_counts_failures_and_oracle_reads_zero(
 
     assert out["punch"]["errors"] == 0
     assert out["punch"]["calls"] >= batches * p.rounds
-    assert out["vma"] == {"found": True, "rss_kb": 0, "pss_shmem_kb": 0}
+    assert out["vma"] == {"found": True, "rss_kb": 0, "pss_shmem_kb": 0, "anon_kb": 0, "swap_kb": 0}
     rss = out["rss_shmem_kb"]
     page_kb = out["page_size"] // 1024
     assert rss["populated"] - rss["before"] == p.pages * page_kb
     assert rss["punched"] == rss["before"]
-    assert {"populate", "migrate", "sweep", "total"} <= set(out["timing_us"])
+    assert {"populate", "migrate", "check", "total"} <= set(out["timing_us"])
+    # the data oracle ran although nothing could move: every punched page read zero
+    assert out["data"] == {"checked": p.pages * p.rounds, "mismatches": 0, "first": []}
 
 
 def test_run_from_tmpfs_shows_the_rollup_false_positive(program: Path) -> None:
@@ -99,7 +105,7 @@ def test_run_from_tmpfs_shows_the_rollup_false_positive(program: Path) -> None:
     finally:
         copy.unlink()
     assert code == 0
-    assert out["vma"] == {"found": True, "rss_kb": 0, "pss_shmem_kb": 0}
+    assert out["vma"] == {"found": True, "rss_kb": 0, "pss_shmem_kb": 0, "anon_kb": 0, "swap_kb": 0}
     assert out["rollup"]["pss_shmem_kb"] > 0  # the binary's own tmpfs pages
     assert out["rss_shmem_kb"]["punched"] == out["rss_shmem_kb"]["before"]
 
@@ -122,6 +128,8 @@ def test_batch_larger_than_buffer_and_one_evictor(program: Path) -> None:
         (["--pages", "-5"], "--pages '-5' is not an integer"),
         (["--punch", "truncate"], "--punch 'truncate' is not one of fallocate|madvise"),
         (["--placement", "far"], "--placement 'far' is not one of any|same|split"),
+        (["--scenario", "punch"], "--scenario 'punch' is not one of shared-punch|shared-truncate"),
+        (["--mover", "hand"], "--mover 'hand' is not one of move_pages|mbind|numa-balancing"),
         (["--pages", "1", "--pages", "2"], "--pages given twice"),
         ([], "missing --pages"),
     ],
@@ -147,3 +155,127 @@ def test_inconsistent_flags_are_refused(program: Path) -> None:
     code, out = run(program, delays)
     assert code == 2
     assert "--evict-delay-min-us is above --evict-delay-max-us" in out["error"]
+
+
+# ---- scenarios, movers and the data oracle --------------------------------------------
+
+RACED = [s for s in SCENARIOS if s not in SWAPPED_SCENARIOS]
+HOST_SWAP_KB = sum(
+    int(line.split()[2]) for line in Path("/proc/swaps").read_text().splitlines()[1:] if line
+)
+
+
+def judged(out: dict[str, Any]) -> Verdict:
+    """The control plane's verdict of this native run's JSON, as a worker would report it."""
+    now = time.time()
+    return judge(
+        TrialResult(
+            trial_id="t-native",
+            token="zf3-0000000000000001",
+            kernel="host",
+            worker="native",
+            outcome="ok",
+            program=parse_program_output(json.dumps(out)),
+            started_at=now,
+            finished_at=now,
+        )
+    )
+
+
+@pytest.mark.parametrize("mover", MOVERS)
+@pytest.mark.parametrize("scenario", RACED)
+def test_each_scenario_checks_every_page_and_reads_what_posix_requires(
+    program: Path, scenario: str, mover: str
+) -> None:
+    p = params(scenario=scenario, mover=mover, pages=128)
+    code, out = run(program, p.argv())
+    assert code == 0
+    assert out["inputs"]["scenario"] == scenario and out["inputs"]["mover"] == mover
+    assert out["error"] == "numa: 1 node"
+    phases = 2 if "truncate" in scenario else 1  # truncated (SIGBUS), then extended (zeros)
+    assert out["data"] == {"checked": p.pages * p.rounds * phases, "mismatches": 0, "first": []}
+    vma = out["vma"]
+    cows = p.pages // 2 if scenario.startswith("private") else 0  # every other page COWed
+    page_kb = out["page_size"] // 1024
+    # a hole punch keeps private COWs; a truncation discards them
+    assert vma["anon_kb"] == (cows * page_kb if scenario == "private-punch" else 0)
+    assert vma["rss_kb"] - vma["anon_kb"] == 0  # no page of the file stays mapped
+    assert out["rss_shmem_kb"]["punched"] == out["rss_shmem_kb"]["before"]
+    assert out["punch"]["errors"] == 0
+    proxy = out["proxy"]
+    assert proxy["moved"] + proxy["gone"] <= proxy["overlapped"] <= p.pages * p.rounds
+    # numa-balancing: the sysctl exists here, and a one-node host is never switched on
+    assert out["numa_balancing"] == (
+        None if mover != "numa-balancing" else int(Path(NUMA_SYSCTL).read_text())
+    )
+    if mover == "mbind":
+        assert out["migrate"]["other_errnos"].get(str(errno.EINVAL), 0) > 0  # MPOL_BIND to node 1
+    # one node: the data checked out, but the race never ran, so the trial is invalid
+    verdict = judged(out)
+    assert verdict.kind == "invalid" and "1 NUMA node" in (verdict.detail or "")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "page", "phase", "want"),
+    [
+        ("shared-punch", 5, "zapped", "zero"),
+        ("shared-truncate", 5, "extended", "zero"),
+        ("private-truncate", 6, "extended", "zero"),
+        ("private-punch", 6, "zapped", "cow"),  # an even page: COWed, must keep its data
+        ("private-punch", 7, "zapped", "zero"),  # an odd page: the file's, punched
+    ],
+)
+def test_the_data_oracle_detects_a_wrong_page(
+    program: Path, scenario: str, page: int, phase: str, want: str
+) -> None:
+    """--corrupt-page writes the file's old data back into one page before the last check."""
+    p = params(scenario=scenario, pages=64, rounds=2)
+    code, out = run(program, [*p.argv(), "--corrupt-page", str(page)])
+    assert code == 0
+    data = out["data"]
+    assert data["mismatches"] == 1
+    assert data["first"] == [
+        {
+            "page": page,
+            "round": 1,
+            "phase": phase,
+            "want": want,
+            "got": "file",
+            "word": data["first"][0]["word"],
+        }
+    ]
+    assert int(data["first"][0]["word"], 16) != 0
+    verdict = judged(out)  # damage outranks the single node: the kernel answered a read
+    assert verdict.kind == "data-mismatch" and verdict.is_finding
+    assert verdict.title is not None and verdict.title.endswith(f"({scenario})")
+    assert f"page {page} round 1 {phase}: read file" in (verdict.detail or "")
+
+
+def test_corrupt_page_must_be_inside_the_buffer(program: Path) -> None:
+    code, out = run(program, [*params(pages=64).argv(), "--corrupt-page", "64"])
+    assert (code, out["error"]) == (2, "usage: --corrupt-page must be below --pages")
+
+
+@pytest.mark.skipif(HOST_SWAP_KB > 0, reason="the host has swap: the no-swap path is not reachable")
+@pytest.mark.parametrize("scenario", sorted(SWAPPED_SCENARIOS))
+def test_swapped_scenarios_without_swap_are_invalid_with_the_reason(
+    program: Path, scenario: str
+) -> None:
+    code, out = run(program, params(scenario=scenario).argv())
+    assert code == 0
+    assert out["swap"] == {"total_kb": 0, "paged_out_kb": None}
+    assert "swap: no active swap" in out["error"]
+    assert out["data"]["checked"] == 0
+    verdict = judged(out)
+    assert verdict.kind == "invalid" and "swap: no active swap" in (verdict.detail or "")
+
+
+@pytest.mark.skipif(HOST_SWAP_KB == 0, reason="the host has no swap (/proc/swaps is empty)")
+@pytest.mark.parametrize("scenario", sorted(SWAPPED_SCENARIOS))
+def test_swapped_scenarios_page_out_and_check(program: Path, scenario: str) -> None:
+    p = params(scenario=scenario, pages=128)
+    code, out = run(program, p.argv())
+    assert code == 0
+    assert out["swap"]["paged_out_kb"] > 0
+    phases = 2 if "truncate" in scenario else 1
+    assert out["data"] == {"checked": p.pages * p.rounds * phases, "mismatches": 0, "first": []}
