@@ -44,9 +44,20 @@ class VerdictKind(StrEnum):
         """The trial exercised the kernel: it counts as a run."""
         return self not in _UNTESTED
 
+    @property
+    def damage(self) -> bool:
+        """Lasting damage an oracle measured (accounting or user data), not a symptom."""
+        return self in _DAMAGE
+
 
 _UNTESTED = frozenset({VerdictKind.INFRA_ERROR, VerdictKind.INVALID})
 _NOT_FINDINGS = _UNTESTED | {VerdictKind.CLEAN}
+_DAMAGE = frozenset(
+    {VerdictKind.DATA_MISMATCH, VerdictKind.SMAPS_MISMATCH, VerdictKind.COUNTER_MISMATCH}
+)
+# The teardown oracle speaks through the console: check_mm()'s report on a counter left
+# off when the trial's mm was freed. Its title, as the console parser gives it.
+TEARDOWN_TITLE = "BUG: Bad rss-counter state"
 
 KINDS: tuple[str, ...] = tuple(k.value for k in VerdictKind)
 FINDING_KINDS: frozenset[str] = frozenset(k.value for k in VerdictKind if k.finding)
@@ -65,6 +76,18 @@ def is_run(kind: str) -> bool:
     minimisation share: a rate's denominator.
     """
     return kind in KINDS and kind not in UNTESTED_KINDS
+
+
+def is_damage(kind: str, title: str | None) -> bool:
+    """Whether a stored verdict is lasting damage: a damage oracle, or the teardown oracle.
+
+    The counter, VMA and data oracles have kinds of their own; the teardown
+    oracle's ``Bad rss-counter`` is a kernel report with its title. A WARN at the
+    skip site marks the race window, not damage.
+    """
+    if kind in KINDS and VerdictKind(kind).damage:
+        return True
+    return kind == VerdictKind.KERNEL_REPORT and title == TEARDOWN_TITLE
 
 
 def severity(kind: str) -> int:

@@ -118,22 +118,6 @@ def test_kinds_are_ordered_and_findings_are_a_subset() -> None:
     assert set(KINDS) > FINDING_KINDS
 
 
-def test_selftest_counts_the_inlined_title_as_the_expected_warning() -> None:
-    from farm.control.selftest import Control
-
-    control = Control("k", "c")
-    warn = clean_result(console=console("zapfarm-real-warn-inlined"))
-    control.add(clean_result(console=console("zapfarm-clean")), "clean")
-    control.add(warn, judge(warn).kind)
-    other = clean_result(console=console("zapfarm-rss-counter-type"))
-    control.add(other, judge(other).kind)
-    assert (control.trials, control.first_hit, control.hits) == (3, 2, 1)
-    assert control.findings == {"WARNING in unmap_page_range": 1, "BUG: Bad rss-counter state": 1}
-
-
-# ---- the data oracle -----------------------------------------------------------------
-
-
 def with_data(
     scenario: str, mismatches: list[dict[str, object]], *, numa_nodes: int = 2, **top: object
 ) -> TrialResult:
