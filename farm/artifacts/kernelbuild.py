@@ -76,6 +76,8 @@ class BuildSpec:
     series: str
     instrument: str | None = None
     revert_fix: bool = False
+    # a developer's own patches, applied in this order after the farm's
+    user_patches: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.series not in SERIES:
@@ -87,6 +89,9 @@ class BuildSpec:
             raise KernelError(
                 f"unknown instrumentation {self.instrument!r}: use one of {', '.join(INSTRUMENTS)}"
             )
+        for patch in self.user_patches:
+            if not patch.is_file():
+                raise KernelError(f"--patch {patch}: no such file (give a path to a unified diff)")
 
     @property
     def patch_sets(self) -> list[str]:
@@ -98,6 +103,7 @@ class BuildSpec:
         """The flags part of the kernel name: warn-revertfix, warn, revertfix or plain."""
         parts = [self.instrument] if self.instrument else []
         parts += ["revertfix"] if self.revert_fix else []
+        parts += ["patched"] if self.user_patches else []
         return "-".join(parts) or "plain"
 
 
@@ -119,7 +125,7 @@ def patches_for(spec: BuildSpec, kernel_dir: Path = KERNEL_DIR) -> list[Path]:
         if not patches:
             raise KernelError(f"no patches for {name} on {spec.series}: {folder}/*.patch is empty")
         found += patches
-    return found
+    return found + [p.resolve() for p in spec.user_patches]
 
 
 def parse_fragment(paths: list[Path]) -> dict[str, str]:
@@ -168,6 +174,40 @@ def build_name(spec: BuildSpec, key: str) -> str:
     return f"build-{spec.series}-{spec.flags}-{key[:8]}"
 
 
+def patch_provenance(patches: list[Path], kernel_dir: Path = KERNEL_DIR) -> list[dict[str, str]]:
+    """Each applied patch in order: its name, sha256 and whether it is the farm's or the user's."""
+    out = []
+    for path in patches:
+        farm_own = path.is_relative_to(kernel_dir)
+        out.append(
+            {
+                "name": str(path.relative_to(kernel_dir)) if farm_own else path.name,
+                "sha256": sha256_of(path),
+                "origin": "farm" if farm_own else "user",
+            }
+        )
+    return out
+
+
+def provenance(
+    source: str,
+    spec_flags: dict[str, object],
+    patches: list[Path],
+    fragments: list[Path],
+    config_base: str,
+    kernel_dir: Path = KERNEL_DIR,
+) -> dict[str, object]:
+    """What went into an image, stored with it and shown on the kernels page and in the API."""
+    return {
+        "source": source,
+        **spec_flags,
+        "patches": patch_provenance(patches, kernel_dir),
+        "fragments": [{"name": f.name, "sha256": sha256_of(f)} for f in fragments],
+        "config_base": config_base,
+        "builder": BUILDER_VERSION,
+    }
+
+
 # --- the source tarball ------------------------------------------------------------
 
 
@@ -176,7 +216,7 @@ class SourceTarball:
     series: str
     package_version: str
     path: Path
-    origin: str  # "installed" (/usr/src, a system package) or "cache"
+    origin: str  # "installed" (/usr/src, a system package), "cache" or "tree" (a developer's)
 
 
 def sources_dir(cache_dir: Path) -> Path:
@@ -343,8 +383,11 @@ def kconfig_symbols(tree: Path) -> set[str]:
 
 def apply_patches(tree: Path, patches: list[Path], *, dry_run: bool = False) -> None:
     """Apply patches in order with ``patch -p1 --fuzz=0`` (no fuzz: a hunk lands where
-    it was written or not at all). ``dry_run`` checks each against the tree as is."""
-    for patch in patches:
+    it was written or not at all). ``dry_run`` checks each against the tree as is.
+
+    git format-patch output and plain ``diff -u`` output with a/ b/ prefixes both apply.
+    """
+    for n, patch in enumerate(patches):
         cmd = ["patch", "-p1", "--fuzz=0", "--batch", "--forward", "--no-backup-if-mismatch"]
         if dry_run:
             cmd.append("--dry-run")
@@ -356,8 +399,46 @@ def apply_patches(tree: Path, patches: list[Path], *, dry_run: bool = False) -> 
             raise KernelError("patch not found: install it with `apt-get install patch`") from exc
         if done.returncode != 0:
             raise KernelError(
-                f"{patch} does not apply to {tree}:\n{(done.stdout + done.stderr).strip()}"
+                describe_patch_failure(patch, patches[:n], tree, done.stdout + done.stderr)
             )
+
+
+_PATCHING = re.compile(r"^(?:checking|patching) file '?([^'\n]+?)'?$", re.M)
+_HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)", re.M)
+
+
+def describe_patch_failure(patch: Path, before: list[Path], tree: Path, output: str) -> str:
+    """Which patch, which file and hunk failed, and how to fix it, from patch(1)'s output."""
+    lines = output.strip().splitlines()
+    failed: list[str] = []
+    current = "?"
+    for line in lines:
+        if m := _PATCHING.match(line):
+            current = m[1]
+        elif m := _HUNK_FAILED.match(line):
+            failed.append(f"hunk #{m[1]} of {current} (at line {m[2]})")
+    applied = ", ".join(p.name for p in before)
+    after = f" after {applied}" if applied else ""
+    if "Only garbage was found" in output or "doesn't seem to find a patch" in output:
+        why = "it holds no unified diff"
+        fix = "give a `git format-patch` or `diff -u` file"
+    elif "Reversed (or previously applied) patch" in output:
+        why = f"{', '.join(failed) or 'a hunk'} is already in the tree (reversed or applied before)"
+        fix = "drop the patch, or the farm flag (--revert-fix/--instrument) that does the same"
+    elif "can't find file to patch" in output:
+        why = "a file it changes is not in the tree (paths must start with a/ and b/, as -p1 wants)"
+        fix = "make the diff from the top of the kernel tree (`git diff` or `git format-patch`)"
+    elif failed:
+        why = f"{'; '.join(failed)} does not apply"
+        fix = (
+            f"rebase the patch onto {tree.name} as it stands{after} "
+            "(no fuzz is allowed: a hunk lands where it was written or not at all)"
+        )
+    else:
+        why = "patch(1) refused it"
+        fix = "check that it is a unified diff made from the top of the kernel tree"
+    detail = "\n".join(f"  | {line}" for line in lines[-12:])
+    return f"{patch} does not apply to {tree.name}{after}: {why}.\nFix: {fix}.\n{detail}"
 
 
 # --- configure and build -------------------------------------------------------------
@@ -418,15 +499,28 @@ def _tail(log: Path, lines: int = 25) -> str:
         return ""
 
 
-def configure(tree: Path, fragments: list[Path], log: Path) -> dict[str, str]:
-    """tinyconfig + fragments + olddefconfig; every fragment line must survive.
+def configure(
+    tree: Path,
+    fragments: list[Path],
+    log: Path,
+    *,
+    out: Path | None = None,
+    base: Path | None = None,
+) -> dict[str, str]:
+    """tinyconfig (or ``base``, a developer's own .config) + fragments + olddefconfig.
 
-    Returns the final .config values. The error names each option that did not
-    survive, with the value it got and whether the source knows the option at all.
+    Every fragment line must survive: the error names each option that did not,
+    with the value it got and whether the source knows the option at all.
+    ``out`` builds out of tree (``make O=out``): then nothing is written to ``tree``.
+    Returns the final .config values.
     """
     wanted = parse_fragment(fragments)
-    _run_make(tree, ["tinyconfig"], log)
-    config = tree / ".config"
+    o_arg = [f"O={out}"] if out is not None else []
+    config = (out or tree) / ".config"
+    if base is None:
+        _run_make(tree, [*o_arg, "tinyconfig"], log)
+    else:
+        shutil.copyfile(base, config)
     kept = [
         line
         for line in config.read_text().splitlines()
@@ -434,7 +528,7 @@ def configure(tree: Path, fragments: list[Path], log: Path) -> dict[str, str]:
     ]
     merged = [f"# {k} is not set" if v == "n" else f"{k}={v}" for k, v in wanted.items()]
     config.write_text("\n".join([*kept, *merged]) + "\n")
-    _run_make(tree, ["olddefconfig"], log)
+    _run_make(tree, [*o_arg, "olddefconfig"], log)
     have = read_config(config)
     lost = lost_options(wanted, have)
     if lost:
@@ -467,7 +561,7 @@ def describe_lost(
 class BuildResult:
     image: KernelImage
     key: str
-    spec: BuildSpec
+    spec: BuildSpec | None  # None: a developer's tree (build_tree)
     source: SourceTarball
     built: bool  # False: the cached image was reused
     seconds: float = 0.0
@@ -562,8 +656,13 @@ def build(
             if (tree / "System.map").is_file():
                 place_image(tree / "System.map", folder, "System.map")
             place_image(log, folder, "build.log")
+            prov = provenance(
+                f"linux-source-{spec.series} {source.package_version}",
+                {"instrumentation": spec.instrument, "revert_fix": spec.revert_fix},
+                patches, fragments, "tinyconfig", kernel_dir,
+            )  # fmt: skip
             image = KernelImage(name, release, folder / "bzImage", sha256_of(folder / "bzImage"),
-                                source_label)  # fmt: skip
+                                source_label, prov)  # fmt: skip
             write_manifest(
                 folder,
                 {
@@ -576,8 +675,9 @@ def build(
                     "series": spec.series,
                     "flags": spec.flags,
                     "package_version": source.package_version,
-                    "patches": [str(p.relative_to(kernel_dir)) for p in patches],
+                    "patches": [p["name"] for p in prov["patches"]],  # type: ignore[union-attr]
                     "fragments": [f.name for f in fragments],
+                    "provenance": prov,
                     "steps": steps,
                     "jobs": n_jobs,
                     "make_seconds": round(make_seconds, 1),
@@ -603,17 +703,30 @@ def _cached(folder: Path, key: str, name: str, source_label: str) -> KernelImage
     sha = sha256_of(image)
     if sha != manifest.get("sha256"):
         return None
-    return KernelImage(name, str(manifest.get("release", "")), image, sha, source_label)
+    prov = manifest.get("provenance")
+    return KernelImage(
+        name, str(manifest.get("release", "")), image, sha, source_label,
+        prov if isinstance(prov, dict) else None,
+    )  # fmt: skip
 
 
-def _compile(tree: Path, jobs: int, log: Path, on_step: StepCallback | None) -> int:
+def _compile(
+    tree: Path, jobs: int, log: Path, on_step: StepCallback | None, out: Path | None = None
+) -> int:
     """make bzImage, its output to the log, each build step reported as it happens."""
     steps = 0
-    with log.open("a") as out:
-        out.write(f"$ make ARCH={ARCH} -j{jobs} bzImage\n")
-        out.flush()
+    args = [
+        "make",
+        f"ARCH={ARCH}",
+        *([f"O={out}"] if out is not None else []),
+        f"-j{jobs}",
+        "bzImage",
+    ]
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(args)}\n")
+        f.flush()
         proc = subprocess.Popen(
-            ["make", f"ARCH={ARCH}", f"-j{jobs}", "bzImage"],
+            args,
             cwd=tree,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -623,7 +736,7 @@ def _compile(tree: Path, jobs: int, log: Path, on_step: StepCallback | None) -> 
         )
         assert proc.stdout is not None
         for line in proc.stdout:
-            out.write(line)
+            f.write(line)
             if m := _MAKE_STEP.match(line):
                 steps += 1
                 if on_step is not None:
@@ -632,3 +745,141 @@ def _compile(tree: Path, jobs: int, log: Path, on_step: StepCallback | None) -> 
     if code != 0:
         raise KernelError(f"`make -j{jobs} bzImage` failed in {tree}:\n{_tail(log)}\n(log: {log})")
     return steps
+
+
+# --- a developer's own tree ----------------------------------------------------------
+
+_MAKE_VAR = re.compile(r"^(VERSION|PATCHLEVEL)\s*=\s*(\d+)\s*$", re.M)
+
+
+def tree_series(tree: Path) -> str:
+    """"<VERSION>.<PATCHLEVEL>" from the top Makefile; refuses what is not a kernel tree."""
+    makefile = tree / "Makefile"
+    if not (makefile.is_file() and (tree / "Kconfig").is_file() and (tree / "mm").is_dir()):
+        raise KernelError(
+            f"{tree} is not a Linux kernel tree (no Makefile, Kconfig and mm/ at its top)"
+        )
+    found = dict(_MAKE_VAR.findall(makefile.read_text(errors="replace")[:4096]))
+    if "VERSION" not in found or "PATCHLEVEL" not in found:
+        raise KernelError(f"{makefile} names no VERSION and PATCHLEVEL: is it a kernel tree?")
+    return f"{found['VERSION']}.{found['PATCHLEVEL']}"
+
+
+def check_tree_clean(tree: Path) -> None:
+    """Kbuild refuses O= builds from a tree configured in place; say how to fix it first."""
+    dirty = [
+        p
+        for p in (".config", "include/config", "arch/x86/include/generated")
+        if (tree / p).exists()
+    ]
+    if dirty:
+        raise KernelError(
+            f"{tree} was configured or built in place ({', '.join(dirty)}): Kbuild refuses an "
+            f"out-of-tree (O=) build from it, and the farm never writes to your tree. Fix: save "
+            f"your config (`cp {tree}/.config my.config`), run `make -C {tree} mrproper`, then "
+            "pass `--config my.config`"
+        )
+
+
+def _tree_revision(tree: Path) -> str | None:
+    """git HEAD of the tree, read without writing anything (no index refresh)."""
+    if not (tree / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def build_tree(
+    cache_dir: Path,
+    tree: Path,
+    *,
+    config: Path | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    on_step: StepCallback | None = None,
+    kernel_dir: Path = KERNEL_DIR,
+) -> BuildResult:
+    """Build a developer's own kernel tree out of tree (``make O=``) and name the image.
+
+    The tree is only read. Its build folder is kept per tree path under
+    ``cache_dir/kernels/.trees/`` so that the next build of the same tree is
+    incremental. The base config is ``config`` (the developer's own) or
+    tinyconfig; the farm's fragment is merged over it. The image is named
+    ``tree-<folder>-<sha8>`` after the bzImage's sha256, so a changed tree
+    gets a new name and an unchanged one the same.
+    """
+    say = progress or (lambda _msg: None)
+    started = time.monotonic()
+    tree = tree.resolve()
+    if not tree.is_dir():
+        raise KernelError(f"--tree {tree}: no such folder")
+    series = tree_series(tree)
+    check_tree_clean(tree)
+    if config is not None and not config.is_file():
+        raise KernelError(f"--config {config}: no such file")
+    common = fragments_for(series, kernel_dir)
+    parse_fragment(common)
+    check_tools()
+    tree_key = hashlib.sha256(str(tree).encode()).hexdigest()[:12]
+    out = kernels_dir(cache_dir) / ".trees" / f"{tree.name}-{tree_key}"
+    out.mkdir(parents=True, exist_ok=True)
+    log = kernels_dir(cache_dir) / ".logs" / f"tree-{tree.name}-{tree_key}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(kernels_dir(cache_dir) / ".locks" / f"tree-{tree_key}.lock"):
+        log.write_text(f"zapfarm tree build of {tree} in {out}\n")
+        base = "tinyconfig"
+        if config is not None:
+            base = f"{config.resolve()} sha256 {sha256_of(config)}"
+        say(f"configuring {tree} (linux {series}) in {out}: {base.split()[0]} + "
+            + " + ".join(f.name for f in common))  # fmt: skip
+        configure(tree, common, log, out=out, base=config)
+        n_jobs = jobs or os.cpu_count() or 1
+        say(f"compiling with make O={out} -j{n_jobs}")
+        make_started = time.monotonic()
+        steps = _compile(tree, n_jobs, log, on_step, out=out)
+        make_seconds = time.monotonic() - make_started
+        bzimage = out / "arch" / "x86" / "boot" / "bzImage"
+        sha = sha256_of(bzimage)
+        name = f"tree-{re.sub(r'[^A-Za-z0-9_.-]', '_', tree.name)[:40]}-{sha[:8]}"
+        folder = kernels_dir(cache_dir) / name
+        release_file = out / "include" / "config" / "kernel.release"
+        release = release_file.read_text().strip() if release_file.is_file() else series
+        revision = _tree_revision(tree)
+        source = f"tree {tree}" + (f" at {revision}" if revision else "")
+        prov = provenance(source, {"instrumentation": None, "revert_fix": False}, [], common,
+                          base, kernel_dir)  # fmt: skip
+        for path, dest in ((bzimage, "bzImage"), (out / ".config", "config"),
+                           (out / "System.map", "System.map"), (log, "build.log")):  # fmt: skip
+            if path.is_file():
+                place_image(path, folder, dest)
+        image = KernelImage(name, release, folder / "bzImage", sha, f"tree:{tree.name}"[:64], prov)
+        write_manifest(
+            folder,
+            {
+                "name": name,
+                "release": release,
+                "path": str(image.path),
+                "sha256": sha,
+                "source": image.source,
+                "series": series,
+                "flags": "tree",
+                "steps": steps,
+                "jobs": n_jobs,
+                "make_seconds": round(make_seconds, 1),
+                "seconds": round(time.monotonic() - started, 1),
+                "provenance": prov,
+            },
+        )
+    return BuildResult(
+        image, sha, None, SourceTarball(series, revision or "tree", tree, "tree"),
+        True, time.monotonic() - started, make_seconds, steps, [], folder,
+    )  # fmt: skip

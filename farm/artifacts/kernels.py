@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 _VMLINUZ = re.compile(r"^vmlinuz-(?P<release>\d+\.\d+\.\d+.*)$")
@@ -58,6 +58,8 @@ class KernelImage:
     path: Path
     sha256: str
     source: str
+    # what went into a farm build: source, patches, instrumentation (None: not built here)
+    provenance: dict[str, object] | None = field(default=None, compare=False, hash=False)
 
 
 def sha256_of(path: Path) -> str:
@@ -653,6 +655,25 @@ def fetch_debian(
         time.monotonic() - started,
         apt.mirrors.debian,
     )
+
+
+def provenance_summary(prov: dict[str, object] | None) -> str:
+    """One line for people: the source, the instrumentation, each patch with a short sha256."""
+    if not prov:
+        return ""
+    parts = [str(prov.get("source", "?"))]
+    if prov.get("instrumentation"):
+        parts.append(f"instrument {prov['instrumentation']}")
+    patches = prov.get("patches")
+    if isinstance(patches, list):
+        for p in patches:
+            if isinstance(p, dict):
+                origin = "" if p.get("origin") == "farm" else " (user)"
+                name = str(p.get("name", "?")).rsplit("/", 1)[-1]
+                parts.append(f"{name} {str(p.get('sha256', ''))[:12]}{origin}")
+    if prov.get("config_base") not in (None, "tinyconfig"):
+        parts.append(f"config {prov['config_base']}")
+    return "; ".join(parts)
 
 
 # --- the database ------------------------------------------------------------------

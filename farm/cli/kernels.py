@@ -133,14 +133,17 @@ def add(ctx: click.Context, path: Path, name: str, release: str | None) -> None:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Every registered kernel, and whether its image is on this host's disk."""
+    from farm.artifacts.kernels import provenance_summary
     from farm.store.registry import list_kernels
 
     settings = settings_from(ctx)
     with _errors():
         rows = list_kernels(settings.database_url)
     table = Table(title=f"{len(rows)} kernel(s)", title_justify="left")
-    for column in ("name", "release", "source", "sha256", "path", "on disk"):
-        table.add_column(column, overflow="fold")
+    built = any(row.provenance for row in rows)  # the column only when some kernel was built here
+    for column in ("name", "release", "source", "sha256", "path", "on disk", "built from"):
+        if column != "built from" or built:
+            table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             row.name,
@@ -149,6 +152,7 @@ def list_(ctx: click.Context) -> None:
             (row.sha256 or "-")[:12],
             row.path or "-",
             "[green]yes[/]" if row.present else "[red]no[/]",
+            *([escape(provenance_summary(row.provenance)) or "-"] if built else []),
         )
     Console(highlight=False).print(table)
 
@@ -181,9 +185,27 @@ def source(ctx: click.Context, series: str, refresh: bool) -> None:
 @click.option(
     "--source",
     "series",
-    required=True,
     type=click.Choice(sorted(SUITES.values())),
     help="kernel series: Debian's linux-source-<series>",
+)
+@click.option(
+    "--patch",
+    "patches",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="your patch (git format-patch or diff -u, from the tree's top), applied in order "
+    "after the farm's; repeatable",
+)
+@click.option(
+    "--tree",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="your own kernel tree, built out of tree (make O=...): never written to",
+)
+@click.option(
+    "--config",
+    "base_config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="with --tree: your .config, the farm's fragment merged over it (default tinyconfig)",
 )
 @click.option(
     "--instrument",
@@ -201,7 +223,10 @@ def source(ctx: click.Context, series: str, refresh: bool) -> None:
 @click.pass_context
 def build_cmd(
     ctx: click.Context,
-    series: str,
+    series: str | None,
+    patches: tuple[Path, ...],
+    tree: Path | None,
+    base_config: Path | None,
     instrument: str | None,
     revert_fix: bool,
     jobs: int | None,
@@ -210,14 +235,26 @@ def build_cmd(
 ) -> None:
     """Build a small guest kernel (tinyconfig + guest/kernel/config.fragment) and register it.
 
-    Cached by source version, fragments and patches: an unchanged build is instant.
+    From Debian's source (--source, with the farm's patches and yours), or from
+    your own tree (--tree). Cached by source version, fragments and patches: an
+    unchanged build is instant. What went in (source, patches with sha256,
+    instrumentation) is stored with the image: `farm kernels list`, the web.
     """
-    from farm.artifacts.kernelbuild import BuildSpec, build, expected_steps
+    from farm.artifacts.kernelbuild import BuildSpec, build, build_tree, expected_steps
 
     settings = settings_from(ctx)
     started = time.monotonic()
+    if (series is None) == (tree is None):
+        raise FarmError("give one of --source SERIES (Debian's source) or --tree DIR (your own)")
+    if tree is not None and (patches or instrument or revert_fix):
+        raise FarmError(
+            "--tree builds your tree as it is: commit your patches to it (the farm never writes "
+            "to it), or use --source SERIES with --patch, --instrument and --revert-fix"
+        )
+    if base_config is not None and tree is None:
+        raise FarmError("--config goes with --tree (a --source build starts from tinyconfig)")
     with _errors():
-        spec = BuildSpec(series, instrument, revert_fix)
+        spec = BuildSpec(series, instrument, revert_fix, patches) if series else None
         columns = (
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[stage]}"),
@@ -238,7 +275,7 @@ def build_cmd(
                     progress.update(
                         bar,
                         stage="compiling",
-                        total=expected_steps(settings.cache_dir, series),
+                        total=expected_steps(settings.cache_dir, series or "tree"),
                         completed=0,
                     )
 
@@ -249,15 +286,26 @@ def build_cmd(
                     bar, completed=count, total=max(total, count), description=what[-60:]
                 )
 
-            result = build(
-                settings.cache_dir,
-                spec,
-                jobs=jobs,
-                refresh_source=refresh_source,
-                keep_tree=keep_tree,
-                progress=say,
-                on_step=step,
-            )
+            if spec is None:
+                assert tree is not None
+                result = build_tree(
+                    settings.cache_dir,
+                    tree,
+                    config=base_config,
+                    jobs=jobs,
+                    progress=say,
+                    on_step=step,
+                )
+            else:
+                result = build(
+                    settings.cache_dir,
+                    spec,
+                    jobs=jobs,
+                    refresh_source=refresh_source,
+                    keep_tree=keep_tree,
+                    progress=say,
+                    on_step=step,
+                )
             if result.built:
                 progress.update(bar, total=result.steps, completed=result.steps, stage="done")
             else:

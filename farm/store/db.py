@@ -211,6 +211,8 @@ def ensure_kernel(
     path: str | None,
     sha256: str | None,
     source: str,
+    *,
+    provenance: dict[str, Any] | None = None,
 ) -> Kernel:
     """Get or create the kernel called ``name``; safe against concurrent callers.
 
@@ -219,7 +221,7 @@ def ensure_kernel(
     A placeholder the recorder created from a result (no image known) is
     completed instead.
     """
-    _insert_kernel_if_missing(session, name, release, path, sha256, source)
+    _insert_kernel_if_missing(session, name, release, path, sha256, source, provenance)
     kernel = session.scalars(select(Kernel).where(Kernel.name == name)).one()
     if sha256 and kernel.sha256 and kernel.sha256 != sha256:
         raise KernelConflict(
@@ -229,6 +231,10 @@ def ensure_kernel(
     if kernel.sha256 is None and sha256:
         kernel.sha256, kernel.image_path = sha256, path
         kernel.release, kernel.source = release, source
+        kernel.provenance = provenance
+        session.flush()
+    elif provenance and kernel.provenance is None:  # registered before provenance was kept
+        kernel.provenance = provenance
         session.flush()
     elif path and sha256 and kernel.image_path != path:  # same image, moved (e.g. new cache_dir)
         kernel.image_path = path
@@ -243,6 +249,7 @@ def _insert_kernel_if_missing(
     path: str | None,
     sha256: str | None,
     source: str,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     values = {
         "name": name,
@@ -250,6 +257,7 @@ def _insert_kernel_if_missing(
         "image_path": path,
         "sha256": sha256,
         "source": source,
+        "provenance": provenance,
     }
     session.execute(
         dialect_insert(session, Kernel)

@@ -140,6 +140,8 @@ class Kernel(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(64))  # "debian:bookworm", "custom", "reported"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # a farm build's inputs: source, patches (name, sha256, farm or user), instrumentation
+    provenance: Mapped[dict[str, Any] | None]
 
     def __repr__(self) -> str:
         return f"Kernel(id={self.id!r}, name={self.name!r}, release={self.release!r})"

@@ -25,6 +25,7 @@ class KernelRow:
     sha256: str | None
     path: str | None
     present: bool
+    provenance: dict[str, object] | None = None
 
 
 def register(database_url: str, image: KernelImage) -> None:
@@ -37,7 +38,13 @@ def register(database_url: str, image: KernelImage) -> None:
     try:
         with session_factory(engine).begin() as session:
             ensure_kernel(
-                session, image.name, image.release, str(image.path), image.sha256, image.source
+                session,
+                image.name,
+                image.release,
+                str(image.path),
+                image.sha256,
+                image.source,
+                provenance=image.provenance,
             )
     finally:
         engine.dispose()
@@ -58,6 +65,7 @@ def list_kernels(database_url: str) -> list[KernelRow]:
                     sha256=k.sha256,
                     path=k.image_path,
                     present=bool(k.image_path) and Path(str(k.image_path)).is_file(),
+                    provenance=k.provenance,
                 )
                 for k in rows
             ]

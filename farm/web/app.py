@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from farm.artifacts.kernels import provenance_summary
 from farm.settings import Settings
 from farm.store import db
 from farm.web import api, charts, pages, text
@@ -125,6 +126,7 @@ def make_templates() -> Jinja2Templates:
         query=_query_string,
         series_labels=series_labels,
         rate_rows=rate_rows,
+        provenance_summary=provenance_summary,
     )
     return Jinja2Templates(env=env)
 

@@ -263,6 +263,8 @@ class KernelInfo(_Out):
     sha256: str | None
     image_path: str | None
     created_at: datetime
+    # a farm build's inputs: source, patches (name, sha256, origin), instrumentation
+    provenance: dict[str, Any] | None = None
     trials: int | None  # None: not counted (see stats_max_age_s on the page)
     findings: int
     last_trial: datetime | None

@@ -522,3 +522,34 @@ def test_database_constraints_hold(db_engine: Engine) -> None:
     for stmt in statements:
         with pytest.raises(IntegrityError), db_engine.begin() as conn:
             stmt(conn)
+
+
+def test_kernel_provenance_migration_keeps_old_rows(db_url: str) -> None:
+    """0005 adds kernels.provenance: rows from before keep NULL, new builds store their inputs."""
+    db.upgrade(db_url, "0004")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO kernels (name, release, source, created_at) "
+                    "VALUES ('old', '6.1.0', 'custom', CURRENT_TIMESTAMP)"
+                )
+            )
+        db.upgrade(db_url)
+        prov = {
+            "source": "linux-source-6.1 6.1.192-3",
+            "instrumentation": "warn",
+            "patches": [{"name": "0001-x.patch", "sha256": "ab" * 32, "origin": "user"}],
+        }
+        sessions = db.session_factory(engine)
+        with sessions.begin() as session:
+            db.ensure_kernel(session, "built", "6.1.192", "/k/bzImage", "cd" * 32, "build:x",
+                             provenance=prov)  # fmt: skip
+        with sessions() as session:
+            rows = {k.name: k.provenance for k in session.scalars(select(Kernel))}
+        assert rows == {"old": None, "built": prov}
+        db.downgrade(db_url, "0004")
+        assert "provenance" not in {c["name"] for c in inspect(engine).get_columns("kernels")}
+    finally:
+        engine.dispose()

@@ -10,6 +10,7 @@ tarball is not on this host is skipped, naming the command that fetches it
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,13 +23,17 @@ from farm.artifacts.kernelbuild import (
     BuildSpec,
     SourceTarball,
     apply_patches,
+    build_key,
+    extract,
     find_source,
     fragments_for,
     kconfig_symbols,
     parse_fragment,
     patches_for,
+    provenance,
     source_excerpt,
 )
+from farm.artifacts.kernels import KernelError
 from farm.settings import load_settings
 
 SERIES_LIST = sorted(SERIES, key=lambda s: tuple(int(n) for n in s.split(".")))
@@ -107,3 +112,101 @@ def test_patches_stack_and_do_what_they_say(
     skip = body.index("zapfarm --revert-fix")
     assert "continue;" in body[skip : skip + 800]
     assert body.index("entry = pte_to_swp_entry(ptent);") < warn < skip
+
+
+# --- a developer's own patches (farm kernels build --patch) ---------------------------
+
+USER_PATCH = (
+    Path(__file__).parents[1] / "data" / "patches" / "0001-shmem-example-user-patch-6.1.patch"
+)
+
+
+@pytest.fixture(scope="module")
+def mm_61(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mm/memory.c and mm/shmem.c of the real linux-source-6.1 tarball (only those two)."""
+    tarball = find_source(load_settings().cache_dir, "6.1")
+    if tarball is None:
+        pytest.skip("linux-source-6.1 is not here: apt-get install linux-source-6.1")
+    return extract(
+        tarball.path,
+        tmp_path_factory.mktemp("src61"),
+        ["linux-source-6.1/mm/memory.c", "linux-source-6.1/mm/shmem.c"],
+    )
+
+
+def copy_mm(src: Path, dest: Path) -> Path:
+    shutil.copytree(src / "mm", dest / "mm")
+    return dest
+
+
+def test_user_patch_applies_after_the_farm_patches(mm_61: Path, tmp_path: Path) -> None:
+    """--instrument warn --revert-fix --patch FILE: the farm's patches, then the user's."""
+    tree = copy_mm(mm_61, tmp_path)
+    spec = BuildSpec("6.1", "warn", True, (USER_PATCH,))
+    patches = patches_for(spec)
+    assert [p.parent.parent.name for p in patches[:2]] == ["revert-fix", "warn"]
+    assert patches[-1] == USER_PATCH.resolve()
+    apply_patches(tree, patches, dry_run=True)
+    apply_patches(tree, patches)
+    assert 'pr_info("zapfarm: example user patch applied\\n");' in (tree / "mm/shmem.c").read_text()
+    assert "zapfarm --instrument warn" in (tree / "mm/memory.c").read_text()
+    assert spec.flags == "warn-revertfix-patched"
+    # provenance: every patch in order, with the sha256 of its file and whose it is
+    prov = provenance("linux-source-6.1 x", {"instrumentation": "warn"}, patches,
+                      fragments_for("6.1"), "tinyconfig")  # fmt: skip
+    listed = prov["patches"]
+    assert isinstance(listed, list)
+    assert [p["origin"] for p in listed] == ["farm", "farm", "user"]
+    assert listed[-1] == {
+        "name": USER_PATCH.name,
+        "sha256": hashlib.sha256(USER_PATCH.read_bytes()).hexdigest(),
+        "origin": "user",
+    }
+    assert listed[0]["name"].startswith("patches/revert-fix/6.1/")
+    # and the user's patch moves the build key: another patch never reuses the image
+    other = tmp_path / "other.patch"
+    other.write_text(USER_PATCH.read_text().replace("example user patch", "another patch"))
+    key = build_key("6.1.192-3", spec, fragments_for("6.1"), patches)
+    spec2 = BuildSpec("6.1", "warn", True, (other,))
+    assert key != build_key("6.1.192-3", spec2, fragments_for("6.1"), patches_for(spec2))
+
+
+def test_broken_user_patch_names_file_hunk_and_fix(mm_61: Path, tmp_path: Path) -> None:
+    tree = copy_mm(mm_61, tmp_path / "tree")
+    broken = tmp_path / "0002-stale.patch"
+    broken.write_text(
+        USER_PATCH.read_text()
+        .replace("@@ -4089,6 +4089,8 @@", "@@ -4089,6 +4089,9 @@")
+        .replace("\t\tgoto out2;\n", "\t\tgoto out_somewhere_else;\n")
+        .replace('+\tpr_info("zapfarm', '+\t/* stale */\n+\tpr_info("zapfarm')
+    )
+    before = (tree / "mm/shmem.c").read_bytes()
+    patches = [*patches_for(BuildSpec("6.1", "warn")), USER_PATCH, broken]
+    with pytest.raises(KernelError) as caught:
+        apply_patches(tree, patches)
+    message = str(caught.value)
+    assert str(broken) in message
+    assert "hunk #1 of mm/shmem.c (at line 4089) does not apply" in message
+    assert "after 0001-zap_pte_range-warn-on-migration-entry-with-details.patch, " in message
+    assert f"{tree.name} as it stands after 0001-zap" in message
+    assert "Fix: rebase the patch onto" in message
+    # the ones before it did apply; the broken one changed nothing
+    assert (tree / "mm/shmem.c").read_bytes() != before  # USER_PATCH applied
+    assert "stale" not in (tree / "mm/shmem.c").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("this is not a diff\n", "it holds no unified diff"),
+        (None, "already in the tree"),  # the same patch twice
+    ],
+    ids=["garbage", "applied-twice"],
+)
+def test_user_patch_errors_say_why(mm_61: Path, tmp_path: Path, text: str | None, why: str) -> None:
+    tree = copy_mm(mm_61, tmp_path / "tree")
+    bad = tmp_path / "bad.patch"
+    bad.write_text(text if text is not None else USER_PATCH.read_text())
+    patches = [bad] if text is not None else [USER_PATCH, bad]
+    with pytest.raises(KernelError, match=why):
+        apply_patches(tree, patches)

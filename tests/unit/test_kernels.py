@@ -388,3 +388,91 @@ def test_check_finds_reports_and_refuses_unknown_kernels(tmp_path: Path) -> None
     assert result.exit_code == 2 and "no kernel 'no-such-kernel'" in result.output
     image = make_bzimage(tmp_path / "bz")
     assert _find_image(tmp_path, str(image)).path == image
+
+
+# --- a developer's own tree (farm kernels build --tree) ------------------------------
+
+# A kernel tree's Kbuild contract for O= builds, reduced to what build_tree uses:
+# every output lands under $(O), and the source tree is only read.
+FAKE_KBUILD = """\
+VERSION = 6
+PATCHLEVEL = 1
+SUBLEVEL = 99
+ifeq ($(O),)
+$(error this fake tree only builds out of tree)
+endif
+tinyconfig:
+\tprintf 'CONFIG_64BIT=y\\n# CONFIG_NUMA is not set\\n' > $(O)/.config
+olddefconfig:
+\ttrue
+bzImage:
+\tmkdir -p $(O)/arch/x86/boot $(O)/include/config
+\tprintf '6.1.99-dev' > $(O)/include/config/kernel.release
+\t@echo '  CC      mm/memory.o'
+\tcat $(O)/.config mm/memory.c > $(O)/arch/x86/boot/bzImage
+"""
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every path under root with its mtime and content: what "never written to" checks."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def fake_tree(root: Path) -> Path:
+    (root / "mm").mkdir(parents=True)
+    (root / "Makefile").write_text(FAKE_KBUILD)
+    (root / "Kconfig").write_text("# top\n")
+    (root / "mm" / "memory.c").write_text("/* my work in progress */\n")
+    return root
+
+
+def test_tree_build_never_writes_the_tree(tmp_path: Path) -> None:
+    tree = fake_tree(tmp_path / "linux")
+    before = snapshot(tree)
+    mine = tmp_path / "my.config"
+    mine.write_text("CONFIG_64BIT=y\nCONFIG_MY_DEBUG=y\n")
+    result = kernelbuild.build_tree(tmp_path / "cache", tree, config=mine, jobs=1)
+    assert snapshot(tree) == before
+    image = result.image
+    assert image.name.startswith("tree-linux-") and image.release == "6.1.99-dev"
+    built = image.path.read_text()
+    assert "/* my work in progress */" in built
+    # the farm's fragment was merged over the developer's config, which kept its own lines
+    assert "CONFIG_MY_DEBUG=y" in built and "CONFIG_NUMA=y" in built
+    prov = image.provenance or {}
+    assert prov["source"] == f"tree {tree}"
+    assert str(prov["config_base"]).startswith(f"{mine} sha256 ")
+    assert prov["patches"] == []
+    # a second build of the unchanged tree gives the same image name; a change, another one
+    assert kernelbuild.build_tree(tmp_path / "cache", tree, config=mine, jobs=1).image.name == (
+        image.name
+    )
+    (tree / "mm" / "memory.c").write_text("/* changed */\n")
+    assert kernelbuild.build_tree(tmp_path / "cache", tree, config=mine).image.name != image.name
+
+
+def test_tree_configured_in_place_is_refused_with_the_fix(tmp_path: Path) -> None:
+    tree = fake_tree(tmp_path / "linux")
+    (tree / ".config").write_text("CONFIG_64BIT=y\n")
+    with pytest.raises(KernelError, match=r"make -C .* mrproper.*--config my\.config"):
+        kernelbuild.build_tree(tmp_path / "cache", tree)
+    with pytest.raises(KernelError, match="is not a Linux kernel tree"):
+        kernelbuild.build_tree(tmp_path / "cache", tmp_path)
+
+
+def test_build_cli_refuses_mixed_source_and_tree(tmp_path: Path) -> None:
+    patch = tmp_path / "x.patch"
+    patch.write_text("x\n")
+    cases = [
+        ([], "give one of --source SERIES"),
+        (["--source", "6.1", "--tree", str(tmp_path)], "give one of --source SERIES"),
+        (["--tree", str(tmp_path), "--patch", str(patch)], "commit your patches to it"),
+        (["--source", "6.1", "--config", str(patch)], "--config goes with --tree"),
+    ]
+    for args, words in cases:
+        done = CliRunner().invoke(kernels_group, ["build", *args])
+        assert done.exit_code == 2, done.output
+        assert words in done.output

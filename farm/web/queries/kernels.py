@@ -41,6 +41,7 @@ def list_kernels(session: Session, cache: TTLCache) -> list[s.KernelInfo]:
             sha256=k.sha256,
             image_path=k.image_path,
             created_at=k.created_at,
+            provenance=k.provenance,
             trials=counts.get(k.id, 0),
             findings=findings.get(k.id, 0),
             last_trial=last[k.id],
