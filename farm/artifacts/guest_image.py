@@ -332,3 +332,28 @@ def build_initramfs(cache_dir: Path, *, progress: Progress | None = None) -> Pat
         os.replace(partial, image)  # atomic: a concurrent builder writes the same bytes
     say(f"guest image built: {image} ({image.stat().st_size} bytes)")
     return image
+
+
+def with_program(cache_dir: Path, binary: Path, *, progress: Progress | None = None) -> Path:
+    """The farm's initramfs with ``/bin/zapmigrate`` replaced by ``binary``.
+
+    The agent runs ``/bin/zapmigrate``; a second gzip'd newc archive appended to
+    the image holds the other program under that name, and the kernel unpacks
+    concatenated archives in order, the later file replacing the earlier one.
+    Used to run a standalone reproducer or a reported program in a farm guest.
+    Cached by the image and the program's sha256.
+    """
+    if not _is_static_elf(binary):
+        raise GuestImageError(f"{binary} is not a static ELF executable: build it with -static")
+    base = build_initramfs(cache_dir, progress=progress)
+    data = binary.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    image = base.with_name(base.name.replace(".cpio.gz", f"-prog-{digest[:16]}.cpio.gz"))
+    if image.is_file():
+        return image
+    extra = write_newc([CpioEntry("bin/zapmigrate", stat.S_IFREG | 0o755, data)])
+    partial = image.with_name(f".{image.name}.{os.getpid()}")
+    partial.write_bytes(base.read_bytes() + gzip.compress(extra, compresslevel=6, mtime=0))
+    partial.chmod(0o644)
+    os.replace(partial, image)
+    return image

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from farm.cli import campaign, db, demo, guest, kernels, reproduce, selftest, triage, web, worker
+from farm.cli import (
+    campaign,
+    db,
+    demo,
+    export,
+    guest,
+    kernels,
+    reproduce,
+    selftest,
+    triage,
+    web,
+    worker,
+)
 
 
 @click.group()
@@ -31,6 +43,7 @@ for command in (
     campaign.scheduler,
     db.db,
     demo.demo,
+    export.export_command,
     guest.guest,
     kernels.kernels,
     reproduce.reproduce,
