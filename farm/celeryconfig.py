@@ -37,7 +37,12 @@ result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 result_backend_always_retry = True
 result_backend_max_retries = 120
 worker_hijack_root_logger = False
-worker_send_task_events = False
+# Task events on (`celery -A workers.celery_app flower` shows workers and tasks, and so does
+# `celery events`): a few small messages per batch of trials, on a fanout exchange that
+# nobody consumes when no monitor runs (Redis drops them). "task-sent" comes from the
+# scheduler's side, so Flower also sees batches that wait in a queue.
+worker_send_task_events = True
+task_send_sent_event = True
 # A broker blip must not kill trials running in guests: they finish and store their result
 # (the result backend retries); their unacked message comes back after visibility_timeout
 # and runs again, which the recorder counts as a duplicate. Explicit, as Celery 6 flips it.

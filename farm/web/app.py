@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +37,7 @@ from farm.web.actions import ActionError
 from farm.web.auth import Refused
 from farm.web.cache import DEFAULT_TTL_S, TTLCache
 from farm.web.deps import WebState, state
+from farm.web.metrics import registry_for
 from farm.web.queries import QueryError
 from farm.web.schemas import ParamRates, Series
 
@@ -137,8 +139,12 @@ def create_app(
     web_token: str | None = None,
     cache_ttl: float = DEFAULT_TTL_S,
     engine: Engine | None = None,
+    broker_url: str | None = None,
 ) -> FastAPI:
-    """The app for one results database. ``web_token`` None refuses every mutation."""
+    """The app for one results database. ``web_token`` None refuses every mutation.
+
+    ``broker_url`` (Redis) lets /metrics report queue depths as well.
+    """
     engine = engine or db.make_engine(database_url)
 
     @asynccontextmanager
@@ -167,12 +173,24 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router, prefix=API_PREFIX)
     app.include_router(pages.router)
+    registry = registry_for(sessions, broker_url)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format, read from the database at scrape time (farm.web.metrics)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     _add_error_handlers(app)
     return app
 
 
 def app_from_settings(settings: Settings, cache_ttl: float = DEFAULT_TTL_S) -> FastAPI:
-    return create_app(settings.database_url, web_token=settings.web_token, cache_ttl=cache_ttl)
+    return create_app(
+        settings.database_url,
+        web_token=settings.web_token,
+        cache_ttl=cache_ttl,
+        broker_url=settings.broker_url if settings.broker_url.startswith("redis") else None,
+    )
 
 
 def _is_api(request: Request) -> bool:

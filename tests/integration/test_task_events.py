@@ -1,0 +1,83 @@
+"""Celery task events from a real worker, as Flower and `celery events` receive them.
+
+A worker process started as the farm starts it (farm.control.localworker)
+runs a task sent through the farm's Celery app; an event receiver on the same
+broker must see the task sent, received, started and succeeded, each naming
+the task and the worker. With task events off (Celery's default) it sees none.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.control.localworker import LocalWorker
+from farm.protocol import PING_TASK
+from farm.settings import load_settings
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[tuple[LocalWorker, str]]:
+    queue = f"zapfarm.k.events-{uuid.uuid4().hex[:6]}"
+    settings = replace(load_settings(), executor="synthetic", cache_dir=tmp_path / "cache")
+    w = LocalWorker(settings, queue, log_file=tmp_path / "worker.log").start()
+    yield w, queue
+    w.stop()
+
+
+def test_flower_sees_workers_and_tasks(worker: tuple[LocalWorker, str]) -> None:
+    from workers.celery_app import app
+
+    local, queue = worker
+    assert app.conf.worker_send_task_events is True
+    assert app.conf.task_send_sent_event is True
+    events: list[dict[str, Any]] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def receive() -> None:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": events.append})
+            ready.set()
+            for _ in receiver.itercapture(limit=None, timeout=1.0, wakeup=False):
+                if stop.is_set():
+                    return
+
+    def capture() -> None:
+        try:
+            receive()
+        except TimeoutError:  # socket.timeout: no event within the capture's timeout
+            if not stop.is_set():
+                capture()
+
+    thread = threading.Thread(target=capture, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    result = app.send_task(PING_TASK, queue=queue)
+    assert isinstance(result.get(timeout=60), str)
+    task_id = result.id
+
+    def kinds() -> list[str]:
+        return [e["type"] for e in events if e.get("uuid") == task_id]
+
+    for _ in range(100):
+        if "task-succeeded" in kinds():
+            break
+        stop.wait(0.1)
+    stop.set()
+    thread.join(5)
+    seen = kinds()
+    assert seen[:1] == ["task-sent"], seen
+    assert {"task-received", "task-started", "task-succeeded"} <= set(seen), seen
+    sent = next(e for e in events if e.get("uuid") == task_id and e["type"] == "task-sent")
+    assert sent["name"] == PING_TASK and sent["queue"] == queue
+    done = next(e for e in events if e.get("uuid") == task_id and e["type"] == "task-succeeded")
+    assert done["hostname"] == local.name
