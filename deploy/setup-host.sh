@@ -65,6 +65,11 @@ if [ "$role" = test ] || [ "$role" = control ]; then
   fi
 fi
 
+# libvirt's per-domain logs pile up forever: a tmpfiles rule ages them out (deploy/README.md).
+if [ "$role" != control ]; then
+  deploy/libvirt-logs.sh
+fi
+
 # The Python environment, reinstalled when pyproject.toml changes.
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,3 +83,19 @@ def test_units_read_farm_env_and_verify(tmp_path: Path) -> None:
             if "zapfarm" in line and "is not executable" not in line
         ]
         assert not problems, problems
+
+
+def test_libvirt_log_rule_is_installed_once(tmp_path: Path) -> None:
+    """setup-host.sh installs the README's tmpfiles rule; running it again changes nothing."""
+    script = DEPLOY / "libvirt-logs.sh"
+    assert "deploy/libvirt-logs.sh" in (DEPLOY / "setup-host.sh").read_text()
+    env = {**os.environ, "ZAPFARM_TMPFILES_D": str(tmp_path / "tmpfiles.d")}
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    conf = tmp_path / "tmpfiles.d" / "zapfarm.conf"
+    rules = [line for line in conf.read_text().splitlines() if not line.startswith("#")]
+    assert rules == ["e /var/log/libvirt/qemu - - - 7d"]
+    assert f"`{rules[0]}`" in (DEPLOY / "README.md").read_text()
+    mtime = conf.stat().st_mtime_ns
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == "" and conf.stat().st_mtime_ns == mtime
