@@ -30,6 +30,7 @@ from farm.web.deps import (
     session,
     state,
 )
+from farm.web.report import render_text, report_from_detail
 from farm.web.text import printable
 
 router = APIRouter(include_in_schema=False)
@@ -108,6 +109,7 @@ def finding_page(
         {
             "nav": "findings",
             "f": finding,
+            "report_text": render_text(report_from_detail(finding)),
             "trials": trials,
             "checked": [k for k in finding.kernels_available if k in seen_on]
             or finding.kernels_available[:1],
