@@ -68,11 +68,14 @@ class CampaignSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    kind: Literal["fuzz", "reproduce", "demo"] = "fuzz"
+    kind: Literal["fuzz", "reproduce", "demo", "program"] = "fuzz"
     kernels: Annotated[list[str], Field(min_length=1, max_length=64)]
     search: Literal["uniform", "thompson"] = "uniform"
     preset: str | None = None
     token: str | None = None  # reproduce: the one token every trial runs
+    # program: a reported C program's runs (farm reproduce --program), recorded as they ran;
+    # file, sha256, args and build command. Created done: the scheduler never runs it.
+    program: dict[str, Any] | None = None
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 2
     priority: Annotated[int, Field(ge=0, le=100)] = 5
     budget: Budget = Field(default_factory=lambda: Budget(trials=100))
@@ -107,6 +110,8 @@ class CampaignSpec(BaseModel):
                 raise ValueError(f"ranges.{name}: [{lo}, {hi}] leaves the valid values")
         if self.kind == "reproduce" and not self.token:
             raise ValueError("a reproduce campaign needs token")
+        if (self.kind == "program") != (self.program is not None):
+            raise ValueError("a program campaign needs program, and only it has one")
         try:
             self.base_token(seed=0).params()
         except (TokenError, ValueError) as exc:

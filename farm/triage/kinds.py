@@ -30,6 +30,7 @@ class VerdictKind(StrEnum):
     HANG = "hang"
     KERNEL_REPORT = "kernel-report"
     DATA_MISMATCH = "data-mismatch"  # user data not what POSIX requires after a zap
+    PROGRAM_CRASH = "program-crash"
     SMAPS_MISMATCH = "smaps-mismatch"
     COUNTER_MISMATCH = "counter-mismatch"
     CLEAN = "clean"

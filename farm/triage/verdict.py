@@ -25,10 +25,16 @@ Kinds, most severe first (a trial gets the first that applies):
 
 The signature of a finding is ``(kind, title)``; titles follow syzkaller's
 conventions where the console gives one.
+
+A reported program the farm did not write (``farm reproduce --program``; its
+token is ``program:<file>:<sha12>``) has no VMA or counter oracle: it is judged
+by its console, the guest's survival, and its exit status and signal
+(judge_program), and a program killed by a fault signal is ``program-crash``.
 """
 
 from __future__ import annotations
 
+import signal as signals
 from dataclasses import dataclass
 
 from farm.protocol import DataMismatch, ProgramOutput, TrialResult
@@ -50,8 +56,60 @@ class Verdict:
         return self.kind.finding
 
 
+PROGRAM_PREFIX = "program:"  # the token of a foreign program's run
+FAULT_SIGNALS = frozenset({signals.SIGSEGV, signals.SIGBUS, signals.SIGILL, signals.SIGFPE})
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def judge_program(result: TrialResult) -> Verdict:
+    """The verdict of one run of a foreign program, from the oracles that apply to it."""
+    if result.outcome == "infra-error":
+        return Verdict(VerdictKind.INFRA_ERROR, detail=result.error)
+    reports = parse(result.console) if result.console else []
+    fatal = next((r for r in reports if r.fatal), None)
+    if result.outcome == "guest-died" or fatal is not None:
+        title = fatal.title if fatal else (reports[0].title if reports else "guest died")
+        return Verdict(VerdictKind.GUEST_CRASH, title=title, detail=result.error, report=fatal)
+    if reports:  # the splat oracle; the teardown's Bad rss-counter is a report too
+        first = reports[0]
+        more = f" (+{len(reports) - 1} more reports)" if len(reports) > 1 else ""
+        return Verdict(
+            VerdictKind.KERNEL_REPORT, title=first.title, detail=first.title + more, report=first
+        )
+    if result.outcome == "timeout":
+        if result.elapsed_ms is None:  # no answer at all: the guest, not the program
+            return Verdict(
+                VerdictKind.HANG, title="hang: no answer from the guest", detail=result.error
+            )
+        return Verdict(
+            VerdictKind.INVALID,
+            detail="the program never exited (killed at its deadline); the kernel reported nothing",
+        )
+    if result.signal:
+        name = signal_name(result.signal)
+        if result.signal in FAULT_SIGNALS:
+            return Verdict(VerdictKind.PROGRAM_CRASH, title=f"program killed by {name}",
+                           detail=f"killed by {name} ({result.signal})")  # fmt: skip
+        return Verdict(
+            VerdictKind.INVALID,
+            detail=f"killed by {name} ({result.signal}), not a fault signal: the program's "
+            "own abort() or assert()?",
+        )
+    if result.outcome != "ok":
+        return Verdict(VerdictKind.INVALID, detail=result.error or f"outcome {result.outcome}")
+    return Verdict(VerdictKind.CLEAN, detail=f"exit status {result.exit_code}")
+
+
 def judge(result: TrialResult) -> Verdict:
     """The verdict of one recorded result (pure: ``farm triage rerun`` calls it again)."""
+    if result.token.startswith(PROGRAM_PREFIX):
+        return judge_program(result)
     if result.outcome == "infra-error":
         return Verdict(VerdictKind.INFRA_ERROR, detail=result.error)
     if result.outcome == "invalid-guest":
