@@ -24,10 +24,12 @@ from farm.store.models import Campaign, Trial
 pytestmark = pytest.mark.vm
 
 PROGRAMS = {
-    "clean": '#include <stdio.h>\nint main(int c, char **v) { printf("hello %s\\n", c > 1 ? v[1] : "-"); return 0; }\n',
-    "segv": "#include <stdio.h>\nint main(void) { puts(\"about to fault\"); fflush(stdout); return *(volatile int *)0; }\n",
+    "clean": "#include <stdio.h>\n"
+    'int main(int c, char **v) { printf("hello %s\\n", c > 1 ? v[1] : "-"); return 0; }\n',
+    "segv": "#include <stdio.h>\n"
+    'int main(void) { puts("about to fault"); fflush(stdout); return *(volatile int *)0; }\n',
     "forever": "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
