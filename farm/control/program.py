@@ -235,7 +235,7 @@ def store(sessions: sessionmaker[Session], outcome: ProgramReproduction) -> str:
 
     from farm.control import campaigns
     from farm.store.db import ensure_kernel
-    from farm.store.models import Kernel, Trial
+    from farm.store.models import CampaignStatus, Kernel, Trial, TrialStatus
     from farm.store.recorder import record_many
 
     kernels = sorted({r.kernel for r, _ in outcome.results})
@@ -264,10 +264,10 @@ def store(sessions: sessionmaker[Session], outcome: ProgramReproduction) -> str:
         for result, _ in outcome.results:  # queued rows, so that each run belongs to the campaign
             session.add(Trial(trial_id=result.trial_id, campaign_id=row.id,
                               kernel_id=known[result.kernel].id, token=result.token,
-                              params=None, status="queued"))  # fmt: skip
+                              params=None, status=TrialStatus.QUEUED))  # fmt: skip
     record_many(sessions, outcome.results)
     with sessions.begin() as session:
         row = campaigns.get(session, outcome.campaign)
-        campaigns.transition(row, "running")
-        campaigns.transition(row, "done")
+        campaigns.transition(row, CampaignStatus.RUNNING)
+        campaigns.transition(row, CampaignStatus.DONE)
     return outcome.campaign
