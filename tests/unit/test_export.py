@@ -117,3 +117,28 @@ def test_refuses_a_folder_in_use_and_a_bad_token(tmp_path: Path) -> None:
     assert done.exit_code == 2 and "not an empty folder" in done.output
     done = CliRunner().invoke(main, ["export", "zf9-nonsense", "--out", str(tmp_path / "x")])
     assert done.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_kernel_option_puts_that_image_in_the_vm_command(tmp_path: Path) -> None:
+    from farm.store import db
+
+    url = f"sqlite:///{tmp_path / 'farm.sqlite'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    with db.session_factory(engine).begin() as session:
+        db.ensure_kernel(session, "build-6.1-warn-1234abcd", "6.1.192", "/srv/k/bzImage",
+                         "b" * 64, "build:linux-source-6.1")  # fmt: skip
+    engine.dispose()
+    env = {"FARM_DATABASE_URL": url}
+    out = tmp_path / "r"
+    done = CliRunner().invoke(
+        main, ["export", TOKEN, "--kernel", "build-6.1-warn-1234abcd", "--out", str(out)], env=env
+    )
+    assert done.exit_code == 0, done.output
+    readme = (out / "README.md").read_text()
+    assert "-kernel /srv/k/bzImage -initrd repro.cpio.gz" in readme
+    assert "exported for kernel `build-6.1-warn-1234abcd` (6.1.192)" in readme
+    unknown = CliRunner().invoke(
+        main, ["export", TOKEN, "--kernel", "nope", "--out", str(tmp_path / "x")], env=env
+    )
+    assert unknown.exit_code == 2 and "known: build-6.1-warn-1234abcd" in unknown.output
