@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from farm.control.reproduce import Reproduction
 from farm.protocol import MAX_CONSOLE_BYTES, MAX_OUTPUT_BYTES, GuestInfo, TrialResult, clip
 from farm.triage.kinds import VerdictKind
-from farm.triage.verdict import Verdict, judge, signal_name
+from farm.triage.verdict import PROGRAM_PREFIX, Verdict, judge, signal_name
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -55,7 +55,7 @@ class Built:
 
     @property
     def label(self) -> str:
-        return f"program:{self.source.name}:{self.sha256[:12]}"
+        return f"{PROGRAM_PREFIX}{self.source.name[:100]}:{self.sha256[:12]}"
 
 
 def build(source: Path, out_dir: Path) -> Built:
@@ -77,7 +77,7 @@ def build(source: Path, out_dir: Path) -> Built:
         raise ProgramError(
             f"`{' '.join(command)}` failed (exit {done.returncode}):\n{done.stderr.strip()}{hint}"
         )
-    return Built(source, binary, hashlib.sha256(text.encode()).hexdigest(), command)
+    return Built(source, binary, hashlib.sha256(source.read_bytes()).hexdigest(), command)
 
 
 @dataclass
