@@ -170,7 +170,7 @@ def reproduce_program(
     say: Say | None = None,
 ) -> ProgramReproduction:
     """``runs`` runs of the program on each kernel (name, image); a fresh guest after any
-    report, crash or hang. Hit rate and Wilson interval per kernel, as for tokens."""
+    finding (report, crash, hang). Hit rate and Wilson interval per kernel, as for tokens."""
     from farm.artifacts.guest_image import with_program
     from workers.connection import open_connection
     from workers.trial import _guest_info as guest_info  # the worker's own GuestInfo
@@ -218,7 +218,7 @@ def reproduce_program(
                     + (f" ({verdict.detail})" if verdict.detail and not verdict.title else "")
                     + f" in {time.time() - started:.1f} s"
                 )
-                if run.died or run.hung or verdict.kind != VerdictKind.CLEAN:
+                if run.died or run.hung or verdict.kind.finding:
                     guest.destroy()  # a report taints the boot (WARN_ON_ONCE): start afresh
                     guest = None
             if guest is not None:
