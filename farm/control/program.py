@@ -204,6 +204,7 @@ def reproduce_program(
                         )  # fmt: skip
                         outcome.results.append((result, judge(result)))
                         outcome.tally.add(kernel_name, VerdictKind.INFRA_ERROR)
+                        tell(f"{kernel_name} run {i + 1}/{runs}: infra-error ({str(exc)[:200]})")
                         continue
                     booted = True
                 run = guest.run(trial_id, args, deadline_s)
