@@ -25,7 +25,7 @@ from __future__ import annotations
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
@@ -64,11 +64,17 @@ class Budget(BaseModel):
         return self
 
 
+# What a campaign does: draw seeds (fuzz, demo), rerun one token (reproduce), or hold the
+# recorded runs of a reported C program (program: farm reproduce --program).
+CampaignKind = Literal["fuzz", "reproduce", "demo", "program"]
+CAMPAIGN_KINDS: tuple[str, ...] = get_args(CampaignKind)
+
+
 class CampaignSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    kind: Literal["fuzz", "reproduce", "demo", "program"] = "fuzz"
+    kind: CampaignKind = "fuzz"
     kernels: Annotated[list[str], Field(min_length=1, max_length=64)]
     search: Literal["uniform", "thompson"] = "uniform"
     preset: str | None = None

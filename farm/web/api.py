@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from farm.control.campaigns import CampaignKind
 from farm.store.models import CampaignStatus, TrialStatus
 from farm.web import actions, auth, queries
 from farm.web import schemas as s
@@ -127,7 +128,7 @@ def get_campaigns(
     request: Request,
     db: DB,
     status: CampaignStatus | None = None,
-    kind: Literal["fuzz", "reproduce", "demo"] | None = None,
+    kind: CampaignKind | None = None,
     page: PageNo = 1,
     per_page: Limit = queries.PER_PAGE,
 ) -> s.CampaignList:

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.control.campaigns import ACTIONS
+from farm.control.campaigns import ACTIONS, CAMPAIGN_KINDS
 from farm.control.liveness import ALIVE_AFTER
 from farm.store.models import FindingStatus, Kernel, TrialStatus
 from farm.triage.kinds import FINDING_KINDS, KINDS, severity
@@ -145,7 +145,7 @@ def campaigns_page(
     data = queries.list_campaigns(
         db, state(request).cache, status=status or None, kind=kind or None, page=page
     )
-    return html(request, "campaigns.html", {"nav": "campaigns", "c": data})
+    return html(request, "campaigns.html", {"nav": "campaigns", "c": data, "kinds": CAMPAIGN_KINDS})
 
 
 @router.get("/campaigns/{name}", response_class=HTMLResponse)
