@@ -335,25 +335,35 @@ def build_initramfs(cache_dir: Path, *, progress: Progress | None = None) -> Pat
 
 
 def with_program(cache_dir: Path, binary: Path, *, progress: Progress | None = None) -> Path:
-    """The farm's initramfs with ``/bin/zapmigrate`` replaced by ``binary``.
+    """The farm's initramfs with another trial program: ``binary`` as ``/bin/zapfarm-program``
+    behind ``guest/program_wrapper.c`` as ``/bin/zapmigrate`` (its stderr joined to stdout).
 
     The agent runs ``/bin/zapmigrate``; a second gzip'd newc archive appended to
-    the image holds the other program under that name, and the kernel unpacks
-    concatenated archives in order, the later file replacing the earlier one.
-    Used to run a standalone reproducer or a reported program in a farm guest.
-    Cached by the image and the program's sha256.
+    the image holds the two files, and the kernel unpacks concatenated archives
+    in order, the later file replacing the earlier one. Used to run a
+    standalone reproducer or a reported program in a farm guest. Cached by the
+    image, the wrapper and the program's sha256.
     """
     if not _is_static_elf(binary):
         raise GuestImageError(f"{binary} is not a static ELF executable: build it with -static")
     base = build_initramfs(cache_dir, progress=progress)
     data = binary.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    wrapper_source = _source("program_wrapper.c")
+    digest = hashlib.sha256(data + wrapper_source.read_bytes()).hexdigest()
     image = base.with_name(base.name.replace(".cpio.gz", f"-prog-{digest[:16]}.cpio.gz"))
     if image.is_file():
         return image
-    extra = write_newc([CpioEntry("bin/zapmigrate", stat.S_IFREG | 0o755, data)])
-    partial = image.with_name(f".{image.name}.{os.getpid()}")
-    partial.write_bytes(base.read_bytes() + gzip.compress(extra, compresslevel=6, mtime=0))
-    partial.chmod(0o644)
-    os.replace(partial, image)
+    with tempfile.TemporaryDirectory(prefix=".prog-", dir=base.parent) as tmp:
+        wrapper = Path(tmp) / "program_wrapper"
+        compile_static(wrapper_source, wrapper)
+        extra = write_newc(
+            [
+                CpioEntry("bin/zapfarm-program", stat.S_IFREG | 0o755, data),
+                CpioEntry("bin/zapmigrate", stat.S_IFREG | 0o755, wrapper.read_bytes()),
+            ]
+        )
+        partial = Path(tmp) / image.name
+        partial.write_bytes(base.read_bytes() + gzip.compress(extra, compresslevel=6, mtime=0))
+        partial.chmod(0o644)
+        os.replace(partial, image)
     return image

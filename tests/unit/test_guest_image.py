@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import stat
+import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,38 @@ def test_swap_modules_come_in_load_order_and_compressed_trees_are_skipped(tmp_pa
     entries = {e.name: e for e in guest_image._module_entries(sets)}
     assert entries["lib/modules/6.1.0-9-amd64/zapfarm.order"].data == b"zsmalloc.ko\nzram.ko\n"
     assert entries["lib/modules/6.1.0-9-amd64/zram.ko"].data.startswith(b"\x7fELF")
+
+
+def gzip_members(data: bytes) -> list[bytes]:
+    """Each gzip member of a concatenation, decompressed (the kernel unpacks them in order)."""
+    members = []
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        members.append(d.decompress(data))
+        data = d.unused_data
+    return members
+
+
+def test_with_program_appends_an_archive_that_replaces_the_trial_program(
+    built: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    cache, image, _ = built
+    source = tmp_path / "p.c"
+    source.write_text("int main(void) { return 3; }\n")
+    program = tmp_path / "p"
+    guest_image.compile_static(source, program)
+    extended = guest_image.with_program(cache, program)
+    data = extended.read_bytes()
+    assert data.startswith(image.read_bytes())  # the farm's image, untouched, then the extra
+    first, extra = gzip_members(data)
+    assert {e.name for e in read_newc(first)} >= {"bin/zapmigrate", "init"}
+    added = {e.name: e for e in read_newc(extra)}
+    assert set(added) == {"bin/zapfarm-program", "bin/zapmigrate"}
+    assert added["bin/zapfarm-program"].data == program.read_bytes()
+    assert b"/bin/zapfarm-program" in added["bin/zapmigrate"].data  # the stderr-joining wrapper
+    assert stat.S_IMODE(added["bin/zapmigrate"].mode) == 0o755
+    assert guest_image.with_program(cache, program) == extended  # cached
+    dynamic = tmp_path / "dyn"
+    subprocess.run(["gcc", "-o", str(dynamic), str(source)], check=True)
+    with pytest.raises(guest_image.GuestImageError, match="not a static ELF"):
+        guest_image.with_program(cache, dynamic)
