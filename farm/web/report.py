@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from farm.artifacts.standalone import BUILD_LINE
 from farm.control.reproduce import wilson
+from farm.triage.verdict import PROGRAM_PREFIX
 from farm.web import queries
 from farm.web.schemas import FindingDetail
 from farm.web.text import printable
@@ -86,7 +87,10 @@ def report_from_detail(detail: FindingDetail) -> FindingReport:
     kernel_args = " ".join(f"--kernel {shlex.quote(k.kernel)}" for k in detail.per_kernel[:3])
     reproduce = None
     export = []
-    if token:
+    if token and token.startswith(PROGRAM_PREFIX):  # a reported C program: it is the reproducer
+        source = shlex.quote(token.removeprefix(PROGRAM_PREFIX).rsplit(":", 1)[0])
+        reproduce = f"farm reproduce --program {source} {kernel_args} --runs {DEFAULT_RUNS}"
+    elif token:
         quoted = shlex.quote(token)
         reproduce = f"farm reproduce {quoted} {kernel_args} --runs {DEFAULT_RUNS}".replace(
             "  ", " "

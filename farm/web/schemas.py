@@ -152,6 +152,9 @@ class TrialDetail(TrialSummary):
     oracles: Oracles
     console: str = Field(description="the stored console excerpt ('' if not kept)")
     console_kept: bool = Field(description="false: a clean trial outside the console sample")
+    output: str = Field(
+        default="", description="the program's stdout kept raw (a reported program's output)"
+    )
 
 
 class FindingDetail(FindingSummary):

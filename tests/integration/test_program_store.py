@@ -53,7 +53,7 @@ def test_program_runs_land_in_a_done_campaign(db_url: str, tmp_path: Path) -> No
         with sessions() as session:
             campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one()
             assert campaign.status == "done" and campaign.spec["program"]["args"] == ["-x"]
-            trials = session.scalars(select(Trial).order_by(Trial.trial_id)).all()
+            trials = list(session.scalars(select(Trial).order_by(Trial.trial_id)))
             assert [t.verdict for t in trials] == ["clean", "program-crash", "kernel-report"]
             assert {t.campaign_id for t in trials} == {campaign.id}
             assert trials[1].signal == signal.SIGBUS and trials[1].result["output"] == "oops\n"
@@ -67,6 +67,14 @@ def test_program_runs_land_in_a_done_campaign(db_url: str, tmp_path: Path) -> No
             page = client.get(f"/campaigns/{name}")
             assert page.status_code == 200 and "program-crash" in page.text
             assert client.get("/api/campaigns").status_code == 200
+            crashed = client.get(f"/api/trials/{trials[1].id}").json()
+            assert crashed["output"] == "oops\n"
+            assert crashed["reproduce_command"] == "farm reproduce --program p.c --kernel k"
+            assert "Program output" in client.get(f"/trials/{trials[1].id}").text
+            finding = client.get(f"/api/findings/{trials[1].finding_id}").json()
+            assert finding["title"] == "program killed by SIGBUS"
+            report = client.get(f"/findings/{trials[1].finding_id}").text
+            assert "farm reproduce --program p.c --kernel k --runs 10" in report
         app.state.web.engine.dispose()
     finally:
         engine.dispose()

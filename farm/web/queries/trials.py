@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from farm.store.models import Campaign, Kernel, Trial, TrialStatus
+from farm.triage.verdict import PROGRAM_PREFIX
 from farm.web import schemas as s
 from farm.web.queries.common import MAX_PER_PAGE, PER_PAGE, QueryError, storable
 from farm.web.stats import EPOCH
@@ -30,6 +31,9 @@ TRIAL_STATUS_FILTERS = tuple(
 
 def reproduce_command(token: str, kernel: str) -> str:
     """The command line that reruns a trial (quoted: tokens carry ``~`` and ``=``)."""
+    if token.startswith(PROGRAM_PREFIX):  # program:<file>:<sha12>, a reported C program
+        source = token.removeprefix(PROGRAM_PREFIX).rsplit(":", 1)[0]
+        return f"farm reproduce --program {shlex.quote(source)} --kernel {shlex.quote(kernel)}"
     return f"farm reproduce {shlex.quote(token)} --kernel {shlex.quote(kernel)}"
 
 
@@ -209,4 +213,5 @@ def trial_detail(session: Session, pk: int) -> s.TrialDetail | None:
         oracles=s.Oracles(**{name: getattr(trial, name) for name in _ORACLE_FIELDS}),
         console=console,
         console_kept=bool(console) or trial.status != TrialStatus.DONE,
+        output=str((trial.result or {}).get("output") or ""),
     )
