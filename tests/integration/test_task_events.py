@@ -43,20 +43,18 @@ def test_flower_sees_workers_and_tasks(worker: tuple[LocalWorker, str]) -> None:
     ready = threading.Event()
     stop = threading.Event()
 
-    def receive() -> None:
+    def capture() -> None:
         with app.connection_for_read() as conn:
             receiver = app.events.Receiver(conn, handlers={"*": events.append})
-            ready.set()
-            for _ in receiver.itercapture(limit=None, timeout=1.0, wakeup=False):
-                if stop.is_set():
-                    return
-
-    def capture() -> None:
-        try:
-            receive()
-        except TimeoutError:  # socket.timeout: no event within the capture's timeout
-            if not stop.is_set():
-                capture()
+            # the event queue exists and is bound once the consumer context is entered:
+            # only then is it safe to send (events published before are not queued)
+            with receiver.consumer_context() as (connection, _channel, _consumers):
+                ready.set()
+                while not stop.is_set():
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:  # socket.timeout: nothing this half second
+                        continue
 
     thread = threading.Thread(target=capture, daemon=True)
     thread.start()
@@ -75,7 +73,7 @@ def test_flower_sees_workers_and_tasks(worker: tuple[LocalWorker, str]) -> None:
     stop.set()
     thread.join(5)
     seen = kinds()
-    assert seen[:1] == ["task-sent"], seen
+    assert "task-sent" in seen, seen
     assert {"task-received", "task-started", "task-succeeded"} <= set(seen), seen
     sent = next(e for e in events if e.get("uuid") == task_id and e["type"] == "task-sent")
     assert sent["name"] == PING_TASK and sent["queue"] == queue
