@@ -50,6 +50,7 @@ class Migrate(_Strict):
 class Punch(_Strict):
     calls: Count
     errors: Count
+    unpunched: Count | None = None  # pages still unpunched after the final sweep (format 1 later)
 
 
 class Vma(_Strict):
@@ -138,7 +139,9 @@ class ProgramOutput(_Strict):
     swap: Swap | None = None
     numa_balancing: Annotated[int, Field(ge=0, le=3)] | None = None  # sysctl during the trial
     timing_us: dict[ShortStr, Count] = Field(max_length=32)
-    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None
+    # non-fatal trouble (a thread not pinned, no pressure thread): the oracles still count
+    warnings: list[ShortStr] = Field(default_factory=list, max_length=8)
+    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None  # fatal: not run as asked
 
     @property
     def scenario(self) -> str:

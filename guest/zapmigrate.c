@@ -145,7 +145,10 @@ static bool is_swapped(void)
 
 /* ---- results ----------------------------------------------------------- */
 
-static char error_text[1024];
+static char error_text[1024];	/* fatal: the trial did not run as asked */
+#define MAX_WARNINGS 8
+static char warnings[MAX_WARNINGS][160];	/* non-fatal: recorded beside the oracles */
+static int nwarnings;
 
 static struct {
 	unsigned long calls, call_errors, moved, enoent, ebusy, other;
@@ -163,6 +166,7 @@ static struct {
 
 static long rollup_pss_shmem_kb = -1;
 static long rss_before = -1, rss_populated = -1, rss_punched = -1;
+static long unpunched = -1;	/* pages still mapped after the sweep; -1: never populated */
 static struct { const char *name; unsigned long us; } timings[8];
 static int ntimings;
 
@@ -246,6 +250,18 @@ static void add_error(const char *fmt, ...)
 		len += (size_t)snprintf(error_text + len, sizeof(error_text) - len, "; ");
 	va_start(ap, fmt);
 	vsnprintf(error_text + len, sizeof(error_text) - len, fmt, ap);
+	va_end(ap);
+}
+
+/* Trouble that leaves the trial valid (a thread not pinned, no pressure thread). */
+static void add_warning(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (nwarnings >= MAX_WARNINGS)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(warnings[nwarnings++], sizeof(warnings[0]), fmt, ap);
 	va_end(ap);
 }
 
@@ -354,20 +370,90 @@ static long field_kb(const char *text, const char *name)
 }
 
 /*
- * RssShmem as /proc/self/status shows MM_SHMEMPAGES. Kernels before 6.2
- * (SPLIT_RSS_COUNTING) keep a thread's fault-time counts in the thread and
- * fold them into the mm only once per 64 page faults, so a reading right
- * after populating can be short by up to 64 pages. Faulting 2 x 64 scratch
- * anonymous pages first folds this thread's shmem counts; the scratch pages
- * only move the anon counter. Newer kernels are unaffected.
+ * Since 6.2 MM_SHMEMPAGES is a percpu_counter: each CPU keeps a delta below
+ * the batch (max(32, 2 x online CPUs)) and folds it into the shared count
+ * only when an update would reach the batch. /proc/self/status reads the
+ * shared count (percpu_counter_read_positive) on kernels that lack the
+ * "get_mm_counter_sum" change (6.2 to 6.15, unless backported), so a reading
+ * there can be off by up to a batch per CPU. An update that folds leaves
+ * that CPU's delta at exactly 0, so on every CPU in turn we map FOLD_PAGES
+ * pages of a scratch memfd (each fault adds to this CPU's delta) and zap
+ * them with one MADV_DONTNEED: a 2 MiB-aligned range is one page table, so
+ * the zap is one update of -FOLD_PAGES, which folds whenever FOLD_PAGES is
+ * at least twice the batch (up to 128 CPUs). Afterwards every delta is 0 and
+ * the shared count is the exact sum, whatever the kernel reads. Read faults
+ * keep the PTEs clean, so the zap gathers all of them in one batch. On
+ * older kernels the scratch pages are counted like any other shmem page and
+ * leave the count where it was.
+ */
+#define FOLD_PAGES 512
+#define FOLD_MAX_CPUS 128
+static char *fold_buf = MAP_FAILED;
+
+static void fold_shmem_counter(void)
+{
+	size_t len = FOLD_PAGES * (size_t)page_size, align = len;
+	long ncpus = sysconf(_SC_NPROCESSORS_CONF);
+	cpu_set_t orig, one;
+
+	if (fold_buf == MAP_FAILED) {
+		int fd = memfd_create("zapmigrate-fold", MFD_CLOEXEC);
+		char *area = mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uintptr_t at;
+
+		if (fd < 0 || area == MAP_FAILED || ftruncate(fd, (off_t)len)) {
+			add_warning("counter fold: scratch memfd: %s", errname(errno));
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		at = ((uintptr_t)area + align - 1) & ~(uintptr_t)(align - 1);
+		fold_buf = mmap((void *)at, len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+		close(fd);
+		if ((char *)at > area)
+			munmap(area, (size_t)((char *)at - area));
+		munmap((char *)at + len, (size_t)(area + len + align - ((char *)at + len)));
+		if (fold_buf == MAP_FAILED) {
+			add_warning("counter fold: mmap: %s", errname(errno));
+			return;
+		}
+	}
+	if (ncpus > FOLD_MAX_CPUS)
+		add_warning("counter fold: %ld CPUs, exact up to %d", ncpus, FOLD_MAX_CPUS);
+	if (sched_getaffinity(0, sizeof(orig), &orig))
+		CPU_ZERO(&orig);
+	for (long c = 0; c < ncpus && c < CPU_SETSIZE; c++) {
+		CPU_ZERO(&one);
+		CPU_SET((int)c, &one);
+		if (sched_setaffinity(0, sizeof(one), &one))
+			continue;	/* offline: it folded its deltas when it went down */
+		for (size_t off = 0; off < len; off += (size_t)page_size)
+			(void)*(volatile char *)(fold_buf + off);
+		madvise(fold_buf, len, MADV_DONTNEED);
+	}
+	if (CPU_COUNT(&orig))
+		sched_setaffinity(0, sizeof(orig), &orig);
+}
+
+/*
+ * RssShmem as /proc/self/status shows MM_SHMEMPAGES, read exactly. Kernels
+ * before 6.2 (SPLIT_RSS_COUNTING) keep a thread's fault-time counts in the
+ * thread and fold them into the mm only once per 64 page faults, so a
+ * reading right after populating can be short by up to 64 pages. Faulting
+ * 2 x 64 scratch anonymous pages first folds this thread's shmem counts; the
+ * scratch pages only move the anon counter. From 6.2 on, the per-CPU deltas
+ * are folded first (fold_shmem_counter). Called only while no other thread
+ * of the trial runs.
  */
 static long read_rss_shmem(void)
 {
 	size_t len = 130 * (size_t)page_size;
-	char *scratch = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *scratch;
 	char *text;
 	long kb;
 
+	fold_shmem_counter();
+	scratch = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (scratch != MAP_FAILED) {
 		for (size_t off = 0; off < len; off += (size_t)page_size)
 			*(volatile char *)(scratch + off) = 1;
@@ -541,8 +627,10 @@ static void print_result(void)
 		mig.calls, mig.call_errors, mig.moved, mig.enoent, mig.ebusy, mig.other);
 	for (int i = 0; i < mig.nerrnos; i++)
 		fprintf(out, "%s\"%d\": %lu", i ? ", " : "", mig.errnos[i].err, mig.errnos[i].count);
-	fprintf(out, "}}, \"punch\": {\"calls\": %lu, \"errors\": %lu}",
+	fprintf(out, "}}, \"punch\": {\"calls\": %lu, \"errors\": %lu, \"unpunched\": ",
 		atomic_load(&punch_calls), atomic_load(&punch_errors));
+	json_kb(out, unpunched);
+	fputs("}", out);
 	fprintf(out, ", \"vma\": {\"found\": %s, \"rss_kb\": ", vma.found ? "true" : "false");
 	json_kb(out, vma.rss_kb);
 	fputs(", \"pss_shmem_kb\": ", out);
@@ -575,7 +663,12 @@ static void print_result(void)
 	fputs(", \"timing_us\": {", out);
 	for (int i = 0; i < ntimings; i++)
 		fprintf(out, "%s\"%s\": %lu", i ? ", " : "", timings[i].name, timings[i].us);
-	fputs("}, \"error\": ", out);
+	fputs("}, \"warnings\": [", out);
+	for (int i = 0; i < nwarnings; i++) {
+		fputs(i ? ", " : "", out);
+		json_string(out, warnings[i]);
+	}
+	fputs("], \"error\": ", out);
 	if (error_text[0])
 		json_string(out, error_text);
 	else
@@ -715,7 +808,7 @@ static void pin_to(pthread_attr_t *attr, int cpu)
 	else
 		err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 	if (err)
-		add_error("affinity cpu %d: %s", cpu, errname(err));
+		add_warning("affinity cpu %d: %s", cpu, errname(err));
 }
 
 static void pin(pthread_attr_t *attr, int slot)
@@ -1304,7 +1397,10 @@ static void run_trial(void)
 		pthread_attr_destroy(&attr);
 		if (err) {
 			atomic_fetch_sub(&alive, 1);
-			add_error("pthread_create: %s", errname(err));
+			if (started)	/* fewer evictors than asked: the race still ran */
+				add_warning("pthread_create (evictor %d): %s", i, errname(err));
+			else
+				add_error("pthread_create: %s", errname(err));
 			break;
 		}
 		started++;
@@ -1314,7 +1410,7 @@ static void run_trial(void)
 	    (errno = pthread_create(&pressure_thread, NULL, pressure_main, NULL)) == 0)
 		pressure_started = true;
 	else if (ARG(F_PRESSURE) > 0)
-		add_error("pthread_create (pressure): %s", errname(errno));
+		add_warning("pthread_create (pressure): %s", errname(errno));
 
 	for (r = 0; ok && started && r < ARG(F_ROUNDS); r++) {
 		int from = (int)(r % 2 ? ARG(F_DST) : ARG(F_SRC));
@@ -1390,6 +1486,11 @@ static void measure(void)
 	char *text;
 
 	rss_punched = read_rss_shmem();
+	if (punched && buf != MAP_FAILED) {
+		unpunched = 0;
+		for (size_t i = 0; i < npages; i++)
+			unpunched += !punched[i];
+	}
 	text = slurp("/proc/self/smaps_rollup");
 	if (text)
 		rollup_pss_shmem_kb = field_kb(text, "Pss_Shmem");
