@@ -8,11 +8,17 @@ Kinds, most severe first (a trial gets the first that applies):
 - ``invalid``: the trial could not test anything (fewer than 2 NUMA nodes,
   the trial program failed or printed garbage, the memfd VMA was not found,
   or it was merely slow: still making progress at its deadline).
+  Pages left unpunched make the oracles inapplicable (invalid). A fatal
+  program error is invalid only when the oracles it still measured are
+  clean; non-fatal warnings (a thread not pinned) never replace the oracles.
 - ``guest-crash``: the guest died or panicked.
 - ``hang``: the trial stopped making progress (no heartbeat and no console
   from the guest, or a trial program whose CPU time stood still).
 - ``kernel-report``: a kernel report on the trial's console (the teardown
   oracle's ``BUG: Bad rss-counter state`` is one).
+- ``program-crash``: the trial program died of a fault signal (SIGSEGV,
+  SIGBUS, ...): in a program that only touches its own memory, the visible
+  symptom of memory the kernel damaged.
 - ``data-mismatch``: a page of the range did not read what POSIX requires after
   the zap (the data oracle). It outranks a single NUMA node and a program
   error: the read happened and the kernel answered wrongly, whether or not
@@ -129,6 +135,13 @@ def judge(result: TrialResult) -> Verdict:
         return Verdict(
             VerdictKind.KERNEL_REPORT, title=first.title, detail=first.title + more, report=first
         )
+    if result.outcome == "program-error" and result.signal in FAULT_SIGNALS:
+        name = signal_name(result.signal)
+        return Verdict(
+            VerdictKind.PROGRAM_CRASH,
+            title=f"program-crash: zapmigrate killed by {name}",
+            detail=result.error or f"the trial program died of {name}",
+        )
     if result.outcome != "ok" or result.program is None:
         return Verdict(VerdictKind.INVALID, detail=result.error or f"outcome {result.outcome}")
     program = result.program
@@ -140,12 +153,23 @@ def judge(result: TrialResult) -> Verdict:
         return Verdict(
             VerdictKind.INVALID, detail=f"guest had {program.numa_nodes} NUMA node(s){said}"
         )
-    if program.error:
-        return Verdict(VerdictKind.INVALID, detail=f"trial program: {program.error}")
+    failed = f"trial program: {program.error}" if program.error else None
+    beside = _beside(program.error, program.warnings)
     vma = program.vma
     if not vma.found or vma.rss_kb is None:
         return Verdict(
-            VerdictKind.INVALID, detail="the memfd VMA was not found in /proc/self/smaps"
+            VerdictKind.INVALID, detail=failed or "the memfd VMA was not found in /proc/self/smaps"
+        )
+    punch = program.punch
+    unpunched = punch.unpunched
+    if unpunched is None and punch.errors >= punch.calls:
+        unpunched = -1  # an older program: it did not count, but nothing was punched
+    if unpunched:
+        left = f"{unpunched} page(s)" if unpunched > 0 else "every page"
+        return Verdict(
+            VerdictKind.INVALID,
+            detail=f"{left} left unpunched ({punch.errors} of {punch.calls} punch calls "
+            f"failed): the oracles expect every page punched{beside}",
         )
     if vma.file_rss_kb != 0 or (vma.file_pss_kb or 0) != 0:
         cows = f" ({vma.anon_kb} kB of private COWs not counted)" if vma.anon_kb else ""
@@ -153,18 +177,29 @@ def judge(result: TrialResult) -> Verdict:
             VerdictKind.SMAPS_MISMATCH,
             title="smaps: memfd VMA keeps pages after punching every page",
             detail=f"Rss {vma.file_rss_kb} kB, Pss_Shmem {vma.file_pss_kb} kB after punch "
-            f"(want 0){cows}",
+            f"(want 0){cows}{beside}",
         )
     rss = program.rss_shmem_kb
     if rss.before is None or rss.punched is None:
-        return Verdict(VerdictKind.INVALID, detail="RssShmem missing from /proc/self/status")
+        return Verdict(
+            VerdictKind.INVALID, detail=failed or "RssShmem missing from /proc/self/status"
+        )
     if rss.punched != rss.before:
         return Verdict(
             VerdictKind.COUNTER_MISMATCH,
             title="RssShmem does not return to its baseline after punch",
-            detail=f"RssShmem {rss.before} kB before populate, {rss.punched} kB after punch",
+            detail=f"RssShmem {rss.before} kB before populate, {rss.punched} kB after punch"
+            f"{beside}",
         )
-    return Verdict(VerdictKind.CLEAN)
+    if failed:
+        return Verdict(VerdictKind.INVALID, detail=failed)
+    return Verdict(VerdictKind.CLEAN, detail=beside.removeprefix("; ") or None)
+
+
+def _beside(error: str | None, warnings: list[str]) -> str:
+    """Program trouble recorded beside an oracle's verdict, never instead of it."""
+    notes = ([f"program error: {error}"] if error else []) + [f"warning: {w}" for w in warnings]
+    return "".join(f"; {n}" for n in notes)
 
 
 def data_title(scenario: str, first: DataMismatch) -> str:

@@ -227,3 +227,79 @@ def test_mismatch_list_is_bounded() -> None:
         DataCheck(
             checked=1, mismatches=1, first=[{**page(0, "zapped", "zero", "file"), "got": "x"}]
         )
+
+
+def crashed(sig: int) -> TrialResult:
+    """What workers/trial.py records when the agent reports status "signaled"."""
+    return clean_result(
+        outcome="program-error",
+        program=None,
+        signal=sig,
+        error="trial program did not exit normally: status 'signaled'",
+    )
+
+
+@pytest.mark.parametrize(("sig", "name"), [(11, "SIGSEGV"), (7, "SIGBUS"), (4, "SIGILL")])
+def test_a_crashed_trial_program_is_a_program_crash_finding(sig: int, name: str) -> None:
+    verdict = judge(crashed(sig))
+    assert verdict.kind == "program-crash" and verdict.is_finding
+    assert verdict.title == f"program-crash: zapmigrate killed by {name}"
+
+
+def test_a_killed_trial_program_is_not_a_crash() -> None:
+    assert judge(crashed(9)).kind == "invalid"  # SIGKILL: the OOM killer, not memory damage
+
+
+def test_a_kernel_report_beside_a_crash_names_the_finding() -> None:
+    verdict = judge(crashed(11).model_copy(update={"console": console("zapfarm-bad-page-map")}))
+    assert (verdict.kind, verdict.title) == ("kernel-report", "BUG: Bad page map")
+
+
+def test_warnings_are_recorded_beside_a_clean_verdict() -> None:
+    base = clean_result()
+    program = base.program.model_copy(update={"warnings": ["affinity cpu 1: EINVAL"]})
+    verdict = judge(base.model_copy(update={"program": program}))
+    assert verdict.kind == "clean"
+    assert verdict.detail == "warning: affinity cpu 1: EINVAL"
+
+
+def test_warnings_do_not_hide_an_oracle() -> None:
+    base = with_program(rss_shmem_kb={"before": 836, "punched": 840})
+    program = base.program.model_copy(update={"warnings": ["pthread_create (pressure): EAGAIN"]})
+    verdict = judge(base.model_copy(update={"program": program}))
+    assert verdict.kind == "counter-mismatch"
+    assert "warning: pthread_create (pressure): EAGAIN" in (verdict.detail or "")
+
+
+def test_a_fatal_program_error_still_lets_the_oracles_speak() -> None:
+    base = with_program(vma={"rss_kb": 8, "pss_shmem_kb": 8})
+    stopped = base.program.model_copy(update={"error": "stopped by signal 15"})
+    verdict = judge(base.model_copy(update={"program": stopped}))
+    assert verdict.kind == "smaps-mismatch"
+    assert "program error: stopped by signal 15" in (verdict.detail or "")
+    clean_but_stopped = clean_result().program.model_copy(update={"error": "stopped by signal 15"})
+    verdict = judge(clean_result().model_copy(update={"program": clean_but_stopped}))
+    assert (verdict.kind, verdict.detail) == ("invalid", "trial program: stopped by signal 15")
+
+
+def test_pages_left_unpunched_make_the_oracles_inapplicable() -> None:
+    verdict = judge(
+        with_program(
+            punch={"calls": 10, "errors": 3, "unpunched": 5}, vma={"rss_kb": 20, "pss_shmem_kb": 20}
+        )
+    )
+    assert verdict.kind == "invalid"
+    assert "5 page(s) left unpunched (3 of 10 punch calls failed)" in (verdict.detail or "")
+
+
+def test_failed_punches_that_the_sweep_made_good_leave_the_oracles_in_charge() -> None:
+    assert judge(with_program(punch={"calls": 10, "errors": 3, "unpunched": 0})).kind == "clean"
+    verdict = judge(
+        with_program(punch={"calls": 10, "errors": 3, "unpunched": 0}, vma={"rss_kb": 4})
+    )
+    assert verdict.kind == "smaps-mismatch"
+
+
+def test_an_older_program_that_punched_nothing_is_invalid() -> None:
+    verdict = judge(with_program(punch={"calls": 4, "errors": 4}))
+    assert verdict.kind == "invalid" and "every page left unpunched" in (verdict.detail or "")
