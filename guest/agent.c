@@ -11,14 +11,21 @@
  *   never the agent's state.
  * - A trial runs in its own process group with a deadline; the agent never
  *   waits on it without one, and kills the whole group when it is over.
- * - The "end" marker goes to /dev/kmsg only after the child was reaped and
- *   this process has visited every CPU, so a lazily dropped mm has been torn
- *   down and check_mm()'s "Bad rss-counter" lines sit inside the markers.
+ * - The "end" marker goes to /dev/kmsg only once the trial's mm is freed, so
+ *   check_mm()'s "Bad rss-counter" lines sit inside the markers whatever
+ *   kernel thread (khugepaged, a lazy TLB user) held the mm last. The signal
+ *   is exact: the child runs in a user namespace of its own, which its mm
+ *   keeps alive (mm->user_ns) and __mmdrop() drops right after check_mm();
+ *   with max_user_namespaces at 1 the agent can create a user namespace
+ *   again exactly when that one is freed (docs/protocol.md).
  * - As PID 1 it must never exit (the kernel would panic): fatal trouble is
  *   logged and the agent sleeps forever.
  *
- * Host testing: `agent --tty PATH --program PATH [--kmsg PATH|--no-kmsg]`
- * skips PID-1 duties (mounts, console level) and exits when the tty hangs up.
+ * Host testing: `agent --tty PATH --program PATH [--kmsg PATH|--no-kmsg]
+ * [--userns-probe] [--mm-wait-ms N]` skips PID-1 duties (mounts, console
+ * level) and exits when the tty hangs up; --userns-probe (only inside a user
+ * namespace of the test's own: it sets that namespace's limit) turns on the
+ * mm signal that PID 1 always uses.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -35,6 +42,8 @@
 #include <string.h>
 #include <sys/klog.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/swap.h>
 #include <sys/syscall.h>
@@ -55,6 +64,8 @@
 #define LINGER_MS 100			/* after the child exits, wait this long for EOF */
 #define KILL_WAIT_MS 5000		/* after SIGKILL, wait this long to reap */
 #define HEARTBEAT_MS 2000		/* while a trial runs: "still here", with its CPU time */
+#define MM_WAIT_MS 8000			/* how long the trial's mm may outlive it (khugepaged, lazy TLB) */
+#define USERNS_LIMIT_PATH "/proc/sys/user/max_user_namespaces"
 #define CONSOLE_LOGLEVEL 7		/* everything but KERN_DEBUG on ttyS0 (hung-task traces are KERN_INFO) */
 
 static const char *tty_path = "/dev/ttyS1";
@@ -64,6 +75,9 @@ static bool pid1;
 static int tty = -1;
 static bool tty_eof;		/* read() gave EOF or an error: the host hung up */
 static int sigchld_pipe[2] = { -1, -1 };
+static bool userns_wanted;	/* host mode: --userns-probe */
+static bool mm_signal;		/* the trial's user namespace tells when its mm is freed */
+static long long mm_wait_ms = MM_WAIT_MS;
 
 static char inbuf[2 * MAX_LINE];
 static size_t inlen;
@@ -786,17 +800,189 @@ static void send_heartbeat(const char *id, pid_t pid, uint64_t elapsed)
 	free(b.data);
 }
 
+static void write_file(const char *path, const char *text);
+
+/* ---- knowing when the trial's mm is gone -------------------------------------
+ *
+ * The child unshares a user namespace before it execs, so the trial's mm has
+ * mm->user_ns = that namespace, and nothing else outlives the reaped child
+ * holding it (its creds go one RCU grace period after the reap). __mmdrop()
+ * calls check_mm() and then put_user_ns(mm->user_ns); the namespace is freed
+ * (free_user_ns(), a work item) after the last put, and only then is the
+ * count of user namespaces decremented. With max_user_namespaces at 1 in the
+ * agent's namespace, creating a user namespace succeeds again exactly when
+ * the trial's one, and so its mm, is gone: check_mm() has printed by then.
+ * Same code on 5.10, 6.1 and 6.12.
+ */
+
+/* 1: a user namespace could be created (none other exists), 0: ENOSPC, -1: error. */
+static int probe_userns(void)
+{
+	int status = 0;
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(unshare(CLONE_NEWUSER) == 0 ? 0 : errno == ENOSPC ? 1 : 2);
+	if (pid < 0)
+		return -1;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) > 1)
+		return -1;
+	return WEXITSTATUS(status) == 0;
+}
+
+/* Wake khugepaged: writing its scan interval (unchanged) ends its sleep, so it
+ * lets go of an exited mm it was scanning now rather than up to 10 s later. */
+static void nudge_khugepaged(void)
+{
+	static const char *path = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs";
+	char value[32];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, value, sizeof(value) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0 || !pid1)
+		return;
+	value[n] = '\0';
+	write_file(path, value);
+}
+
+/* Wait until the trial's mm is freed: ms waited, -1 past mm_wait_ms, -2 no signal. */
+static long long wait_mm_gone(void)
+{
+	uint64_t start = now_ms(), pause = 1;
+	bool nudged = false;
+
+	for (;;) {
+		int vacant = probe_userns();
+		uint64_t waited = now_ms() - start;
+
+		if (vacant < 0)
+			return -2;
+		if (vacant)
+			return (long long)waited;
+		reap_orphans();	/* a zombie of the trial keeps its creds, so its namespace */
+		if (waited >= (uint64_t)mm_wait_ms)
+			return -1;
+		if (!nudged && waited >= 20) {
+			nudge_khugepaged();
+			nudged = true;
+		}
+		{
+			struct pollfd pfd = { .fd = tty_poll_fd(), .events = POLLIN };
+
+			if (poll(&pfd, 1, (int)pause) > 0 && pfd.revents)
+				read_tty();	/* keep the line drained while waiting */
+		}
+		if (pause < 64)
+			pause *= 2;
+	}
+}
+
+/* Read a small integer from a /proc file, -1 when absent. */
+static long read_long(const char *path)
+{
+	char text[32];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return -1;
+	text[n] = '\0';
+	return strtol(text, NULL, 10);
+}
+
+/* Whether this process is in the initial user namespace (uid_map maps everything). */
+static bool in_initial_userns(void)
+{
+	char text[128] = "";
+	unsigned long inside, outside, count;
+	int fd = open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n > 0)
+		text[n] = '\0';
+	return sscanf(text, "%lu %lu %lu", &inside, &outside, &count) == 3 && inside == 0 &&
+	       outside == 0 && count == 4294967295UL;
+}
+
+/* Turn the mm signal on: limit user namespaces to 1 and check that it works. */
+static void setup_mm_signal(void)
+{
+	long long waited;
+
+	if (!pid1 && !userns_wanted)
+		return;
+	if (!pid1 && in_initial_userns()) {
+		logmsg("--userns-probe refused: it would limit the host's user namespaces");
+		return;
+	}
+	write_file(USERNS_LIMIT_PATH, "1\n");
+	if (read_long(USERNS_LIMIT_PATH) != 1) {
+		logmsg("cannot limit %s: the end marker only follows a visit of every CPU",
+		       USERNS_LIMIT_PATH);
+		return;
+	}
+	if (probe_userns() != 1) {
+		logmsg("no user namespaces (CONFIG_USER_NS?): the end marker only follows a visit of every CPU");
+		return;
+	}
+	mm_signal = true;
+	waited = wait_mm_gone();	/* the probe's own namespace */
+	if (waited < 0) {
+		logmsg("user namespace not freed within %lld ms: mm signal off", mm_wait_ms);
+		mm_signal = false;
+	}
+}
+
+/* In the child: a user namespace of its own, so that its mm carries it. */
+static int child_enter_userns(void)
+{
+	struct rlimit unlimited = { RLIM_INFINITY, RLIM_INFINITY };
+	int fd;
+
+	/* Root outside keeps its rlimits; inside, capable(CAP_IPC_LOCK) no longer
+	 * holds, and the trial program mlocks itself to prefault its pages. */
+	setrlimit(RLIMIT_MEMLOCK, &unlimited);
+	for (int tries = 0; unshare(CLONE_NEWUSER); tries++) {
+		if (errno != ENOSPC || tries >= 5000)
+			return errno;
+		usleep(1000);	/* the last probe's namespace is on its way out */
+	}
+	/* exec of an unreadable program moves mm->user_ns to an ancestor
+	 * (would_dump()), which would make the signal fire early: refuse it. */
+	fd = open(program, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
 static void run_trial(const struct request *rq)
 {
 	static char scratch[16384];
 	struct sbuf out = { 0 }, reply = { 0 };
 	int pipe_out[2], pipe_exec[2], exec_errno = 0, wstatus = 0;
 	bool reaped = false, exited = false, timed_out = false, truncated = false, killed = false;
+	long long mm_waited = -3;	/* -3: not waited (not reaped), -2: no signal, -1: too long */
 	uint64_t start, deadline, linger = 0, elapsed, next_beat;
 	pid_t pid;
 
 	if (rq->deadline_ms < 1 || rq->deadline_ms > MAX_DEADLINE_MS) {
 		send_error(rq->id, "deadline_ms must be between 1 and 86400000");
+		return;
+	}
+	if (mm_signal && wait_mm_gone() == -1) {
+		/* A previous trial's mm (or a process of it) is still held: its late
+		 * reports would land in this trial. The host reboots the guest. */
+		send_error(rq->id, "the previous trial's mm is still held: reboot the guest");
 		return;
 	}
 	if (pipe2(pipe_out, O_CLOEXEC) || pipe2(pipe_exec, O_CLOEXEC)) {
@@ -820,6 +1006,12 @@ static void run_trial(const struct request *rq)
 		if (null >= 0) {
 			dup2(null, 0);
 			dup2(null, 2);	/* never onto ttyS0: that is the kernel's channel */
+		}
+		if (mm_signal && (exec_errno = child_enter_userns())) {
+			exec_errno = -exec_errno;	/* negative: the namespace, not the exec */
+			if (write(pipe_exec[1], &exec_errno, sizeof(exec_errno)) < 0)
+				_exit(126);
+			_exit(127);
 		}
 		execve(program, rq->argv, envp);
 		exec_errno = errno;
@@ -919,8 +1111,10 @@ static void run_trial(const struct request *rq)
 	elapsed = now_ms() - start;
 	if (pipe_out[0] >= 0)
 		close(pipe_out[0]);
-	if (reaped)
+	if (reaped && !exec_errno) {
 		visit_all_cpus();
+		mm_waited = mm_signal ? wait_mm_gone() : -2;
+	}
 	kmsg("zapfarm: trial %s end", rq->id);
 
 	sb_add(&reply, "{\"op\": \"result\", \"id\": ", 23);
@@ -943,10 +1137,19 @@ static void run_trial(const struct request *rq)
 	sb_printf(&reply, ", \"elapsed_ms\": %llu, \"output\": ", (unsigned long long)elapsed);
 	sb_json_bytes(&reply, out.data ? out.data : "", out.len);
 	sb_printf(&reply, ", \"output_truncated\": %s", truncated ? "true" : "false");
+	if (mm_waited >= 0)
+		sb_printf(&reply, ", \"mm_released\": true, \"mm_wait_ms\": %lld", mm_waited);
+	else if (mm_waited == -1)
+		sb_printf(&reply, ", \"mm_released\": false, \"mm_wait_ms\": %lld", mm_wait_ms);
+	else
+		sb_printf(&reply, ", \"mm_released\": null");
 	if (exec_errno) {
 		char why[300];
 
-		snprintf(why, sizeof(why), "exec %s: %s", program, strerror(exec_errno));
+		if (exec_errno < 0)
+			snprintf(why, sizeof(why), "user namespace for the trial: %s", strerror(-exec_errno));
+		else
+			snprintf(why, sizeof(why), "exec %s: %s", program, strerror(exec_errno));
 		sb_add(&reply, ", \"error\": ", 11);
 		sb_json_str(&reply, why);
 	} else if (timed_out && !reaped) {
@@ -1239,15 +1442,16 @@ static void send_ready(void)
 	uname(&u);
 	sb_add(&b, "{\"op\": \"ready\", \"agent\": 1, \"kernel\": ", 38);
 	sb_json_str(&b, u.release);
-	sb_printf(&b, ", \"numa_nodes\": %d, \"cpus\": %ld, \"mem_kb\": %ld}", numa_nodes(),
-		  sysconf(_SC_NPROCESSORS_ONLN), mem_kb());
+	sb_printf(&b, ", \"numa_nodes\": %d, \"cpus\": %ld, \"mem_kb\": %ld, \"mm_signal\": \"%s\"}",
+		  numa_nodes(), sysconf(_SC_NPROCESSORS_ONLN), mem_kb(), mm_signal ? "userns" : "cpus");
 	send_frame(&b);
 	free(b.data);
 }
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: agent [--tty PATH] [--program PATH] [--kmsg PATH | --no-kmsg]\n");
+	fprintf(stderr, "usage: agent [--tty PATH] [--program PATH] [--kmsg PATH | --no-kmsg] "
+		"[--userns-probe] [--mm-wait-ms N]\n");
 	exit(2);
 }
 
@@ -1260,6 +1464,8 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc && !pid1; i++) {
 		if (!strcmp(argv[i], "--no-kmsg"))
 			kmsg_path = NULL;
+		else if (!strcmp(argv[i], "--userns-probe"))
+			userns_wanted = true;
 		else if (i + 1 >= argc)
 			usage();
 		else if (!strcmp(argv[i], "--tty"))
@@ -1268,6 +1474,8 @@ int main(int argc, char **argv)
 			program = argv[++i];
 		else if (!strcmp(argv[i], "--kmsg"))
 			kmsg_path = argv[++i];
+		else if (!strcmp(argv[i], "--mm-wait-ms"))
+			mm_wait_ms = strtoll(argv[++i], NULL, 10);
 		else
 			usage();
 	}
@@ -1279,6 +1487,9 @@ int main(int argc, char **argv)
 	sigaction(SIGCHLD, &sa, NULL);
 	if (pid1)
 		init_system();
+	else
+		prctl(PR_SET_CHILD_SUBREAPER, 1);	/* orphans of a trial come to us, as to init */
+	setup_mm_signal();
 	tty = open_tty();
 	logmsg("agent %d on %s, program %s", AGENT_VERSION, tty_path, program);
 	send_ready();

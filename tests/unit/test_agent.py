@@ -10,11 +10,13 @@ junk, corrupt frames and malformed requests are answered and survived.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import queue
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -45,6 +47,10 @@ case "$1" in
         done
         printf 'spun' ;;
   orphan) sleep 30 & printf 'parent done' ;;
+  linger) rm -f "$3.pid"  # a session of its own (out of the agent's kill), in the trial's userns
+          setsid sh -c "echo \$\$ > $3.pid; sleep $2; echo 'BUG: late report' >> $3" \
+            </dev/null >/dev/null 2>&1 &
+          while [ ! -s "$3.pid" ]; do sleep 0.01; done; printf 'gone' ;;
   *) printf 'unknown mode %s' "$1"; exit 9 ;;
 esac
 """
@@ -146,15 +152,26 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return agent, fake
 
 
-@pytest.fixture
-def line(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[Line]:
+def _agent_line(
+    binaries: tuple[Path, Path], tmp_path: Path, *wrap: str, extra: tuple[str, ...] = ()
+) -> Iterator[Line]:
     agent, fake = binaries
     master, slave = os.openpty()
     tty.setraw(slave)  # no echo or line editing before the agent sets raw mode itself
     kmsg = tmp_path / "kmsg"
     kmsg.touch()
     proc = subprocess.Popen(
-        [str(agent), "--tty", os.ttyname(slave), "--program", str(fake), "--kmsg", str(kmsg)],
+        [
+            *wrap,
+            str(agent),
+            "--tty",
+            os.ttyname(slave),
+            "--program",
+            str(fake),
+            "--kmsg",
+            str(kmsg),
+            *extra,
+        ],
         stderr=subprocess.PIPE,
     )
     host = Line(master)
@@ -171,6 +188,11 @@ def line(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[Line]:
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else b""
     assert not host.bad_frames
     assert not host.junk
+
+
+@pytest.fixture
+def line(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[Line]:
+    yield from _agent_line(binaries, tmp_path)
 
 
 def run(line: Line, rid: str, *argv: str, deadline_ms: int = 5000) -> dict[str, Any]:
@@ -382,3 +404,84 @@ def test_pipelined_requests_are_answered_in_order(line: Line) -> None:
         assert answer["id"] == request["id"]
         if request["op"] == "run":
             assert answer["output"] == str(i)
+
+
+# --- the mm signal: the end marker follows the trial mm's teardown ------------------
+
+
+def _userns_limit() -> int:
+    return int(Path("/proc/sys/user/max_user_namespaces").read_text())
+
+
+@pytest.fixture(params=[20000])
+def userns_line(
+    request: pytest.FixtureRequest, binaries: tuple[Path, Path], tmp_path: Path
+) -> Iterator[Line]:
+    """The agent in a user namespace of the test's own, where it may set the limit as PID 1
+    does; ``request.param`` is how long it waits for a trial's mm (--mm-wait-ms)."""
+    if subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode != 0:
+        pytest.fail(
+            "this host cannot create user namespaces (unshare -Ur): the mm signal needs them"
+        )
+    before = _userns_limit()
+    extra = ("--userns-probe", "--mm-wait-ms", str(request.param))
+    yield from _agent_line(binaries, tmp_path, "unshare", "-Ur", extra=extra)
+    assert _userns_limit() == before  # the host's own limit is never touched
+
+
+def _kmsg_lines(tmp_path: Path) -> list[str]:
+    return [ln.removeprefix("<5>") for ln in (tmp_path / "kmsg").read_text().splitlines()]
+
+
+def test_a_report_printed_after_the_trial_exits_lands_before_the_end_marker(
+    userns_line: Line, tmp_path: Path
+) -> None:
+    """A process of the trial's namespace outlives it, as khugepaged holds a dead mm;
+    it prints a report 0.6 s after the trial program exited, and that still comes first."""
+    assert userns_line.receive()["mm_signal"] == "userns"
+    answer = run(userns_line, "t-late", "linger", "0.6", str(tmp_path / "kmsg"))
+    assert (answer["status"], answer["output"]) == ("exited", "gone")
+    assert answer["mm_released"] is True and answer["mm_wait_ms"] >= 500
+    assert _kmsg_lines(tmp_path)[-3:] == [
+        "zapfarm: trial t-late begin",
+        "BUG: late report",
+        "zapfarm: trial t-late end",
+    ]
+    quick = run(userns_line, "t-quick", "exit", "0")
+    assert quick["mm_released"] is True and quick["mm_wait_ms"] < 1500
+
+
+@pytest.mark.parametrize("userns_line", [500], indirect=True)
+def test_an_mm_held_past_the_bound_is_reported_and_stops_the_next_trial(
+    userns_line: Line, tmp_path: Path
+) -> None:
+    userns_line.receive()  # ready
+    kmsg = tmp_path / "kmsg"
+    answer = run(userns_line, "t-held", "linger", "600", str(kmsg))
+    assert answer["mm_released"] is False and answer["mm_wait_ms"] == 500
+    assert _kmsg_lines(tmp_path)[-1] == "zapfarm: trial t-held end"
+    # while the trial's namespace lives, no trial starts: its reports would land there
+    refused = userns_line.request({"op": "run", "id": "t-2", "argv": [], "deadline_ms": 5000})
+    assert refused == {
+        "op": "error",
+        "id": "t-2",
+        "error": "the previous trial's mm is still held: reboot the guest",
+    }
+    os.killpg(int(Path(f"{kmsg}.pid").read_text()), signal.SIGKILL)
+    after = run(userns_line, "t-3", "exit", "3")
+    assert (after["status"], after["exit_code"], after["mm_released"]) == ("exited", 3, True)
+
+
+def test_the_probe_is_refused_in_the_initial_user_namespace(
+    binaries: tuple[Path, Path], tmp_path: Path
+) -> None:
+    before = _userns_limit()
+    lines = _agent_line(binaries, tmp_path, extra=("--userns-probe",))
+    host = next(lines)
+    try:
+        assert host.receive()["mm_signal"] == "cpus"
+        assert run(host, "t-1", "exit", "0")["mm_released"] is None
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(lines)
+    assert _userns_limit() == before
