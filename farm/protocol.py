@@ -1,4 +1,11 @@
-"""The wire between the planes: task and queue names, and what a worker returns.
+"""The wire contract between the planes: what the scheduler sends for one trial
+(``TrialMessage``, with the task and queue names and the console markers) and
+what a worker returns (``TrialResult``), both validated and bounded.
+
+A message names a kernel by name and sha256, never by path: each worker
+resolves the name in its own cache (farm.artifacts.kernels.resolve_kernel)
+and refuses what it does not have, so nothing from the broker becomes a path
+on a host. Both sides validate a message with the same model.
 
 Guest output is untrusted: a guest kernel can print anything, and the trial
 program runs on the kernel under test. Everything that crosses from the guest
@@ -14,11 +21,30 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Celery task names and queues: the scheduler sends by name, workers register them.
+from farm.timing import MAX_DEADLINE_S
+
+# Celery task and queue names (workers.tasks registers them; the scheduler sends by name).
 TRIAL_TASK = "zapfarm.run_trial"
 BATCH_TASK = "zapfarm.run_batch"
 PING_TASK = "zapfarm.ping"
 QUEUE_PREFIX = "zapfarm.k."
+
+# The agent's kmsg lines around each trial (guest/agent.c writes them).
+MARKER_PREFIX = "zapfarm: trial"
+
+
+def kernel_queue(kernel_name: str) -> str:
+    """The queue of trials for one kernel; workers that have the kernel consume it."""
+    return QUEUE_PREFIX + kernel_name
+
+
+def begin_marker(trial_id: str) -> str:
+    return f"{MARKER_PREFIX} {trial_id} begin"
+
+
+def end_marker(trial_id: str) -> str:
+    return f"{MARKER_PREFIX} {trial_id} end"
+
 
 MAX_CONSOLE_BYTES = 256 * 1024  # console excerpt kept with one trial
 MAX_OUTPUT_BYTES = 64 * 1024  # the trial program's stdout, as the agent relays it
@@ -33,6 +59,55 @@ ShortStr = Annotated[str, Field(max_length=256)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+KERNEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # farm.artifacts.kernels.check_name
+TRIAL_ID = r"^[!-~]{1,128}$"  # printable ASCII without spaces: the agent writes it to kmsg
+
+
+class KernelRef(_Strict):
+    """A kernel as a message names it: what the image is, never where it lies."""
+
+    name: Annotated[str, Field(pattern=KERNEL_NAME)]
+    # None when the control plane never learnt it: every worker then refuses the trial
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None
+
+
+class TrialMessage(_Strict):
+    """What the control plane sends for one trial: the token is the only parameter source."""
+
+    trial_id: Annotated[str, Field(pattern=TRIAL_ID)]
+    token: ShortStr
+    kernel: KernelRef
+    deadline_s: Annotated[float, Field(ge=1, le=MAX_DEADLINE_S, allow_inf_nan=False)]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class MessageError(ValueError):
+    """A trial message that failed validation; the message names the field."""
+
+
+def validate_message(data: Any) -> TrialMessage:
+    try:
+        return TrialMessage.model_validate(data)
+    except ValidationError as exc:
+        raise MessageError(f"malformed trial message: {_describe(exc)}") from exc
+
+
+def trial_message(
+    trial_id: str, token: str, kernel_name: str, kernel_sha256: str | None, deadline_s: float
+) -> dict[str, Any]:
+    """A validated message as the broker carries it (raises MessageError when malformed)."""
+    return validate_message(
+        {
+            "trial_id": trial_id,
+            "token": token,
+            "kernel": {"name": kernel_name, "sha256": kernel_sha256},
+            "deadline_s": deadline_s,
+        }
+    ).to_json()
 
 
 class Migrate(_Strict):
@@ -194,23 +269,6 @@ class TrialResult(_Strict):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def kernel_queue(kernel_name: str) -> str:
-    """The queue of trials for one kernel; workers that have the kernel consume it."""
-    return QUEUE_PREFIX + kernel_name
-
-
-def trial_message(
-    trial_id: str, token: str, kernel_name: str, kernel_path: str, deadline_s: float
-) -> dict[str, Any]:
-    """What the control plane sends for one trial: the token is the only parameter source."""
-    return {
-        "trial_id": trial_id,
-        "token": token,
-        "kernel": {"name": kernel_name, "path": kernel_path},
-        "deadline_s": deadline_s,
-    }
 
 
 class ResultError(ValueError):

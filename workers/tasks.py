@@ -108,7 +108,7 @@ def _run_one(message: dict[str, Any], worker: str) -> dict[str, Any]:
     try:
         if _settings().executor == "synthetic":
             return synthetic_result(message, worker).to_json()
-        return execute(guest_pool(), message, worker=worker).to_json()
+        return execute(guest_pool(), message, worker, _settings().cache_dir).to_json()
     except SoftTimeLimitExceeded:
         kernel = str((message.get("kernel") or {}).get("name", ""))
         if _pool is not None:

@@ -12,16 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farm.artifacts.kernels import KernelError, KernelNotFound, resolve_kernel
 from farm.params import SeedToken, TokenError
 from farm.protocol import (
     MAX_CONSOLE_BYTES,
     MAX_OUTPUT_BYTES,
     GuestInfo,
+    MessageError,
     ResultError,
     TrialResult,
     clip,
     parse_program_output,
+    validate_message,
 )
+from farm.settings import load_settings
 from farm.timing import ANSWER_GRACE_S, KILL_WAIT_S, NO_PROGRESS_S
 from farm.triage.engine import parse as parse_console
 from workers.host import can_limit_cpu
@@ -32,17 +36,18 @@ MAX_TRIAL_ID = 128
 UNREAPED = "not reaped after SIGKILL"  # the agent's error for a program it could not reap
 
 
-def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> TrialResult:
+def execute(
+    pool: GuestPool, message: Any, worker: str = "", cache_dir: Path | None = None
+) -> TrialResult:
+    """Run one trial message; ``cache_dir`` holds this host's kernels (default: settings)."""
     started = time.time()
     worker = worker or socket.gethostname()
-    trial_id = str(message.get("trial_id", ""))[:MAX_TRIAL_ID]
-    token_text = str(message.get("token", ""))[:256]
-    kernel = message.get("kernel") or {}
-    kernel_name = str(kernel.get("name", ""))[:256]
-    base: dict[str, Any] = {
-        "trial_id": trial_id or "(none)",
-        "token": token_text,
-        "kernel": kernel_name,
+    raw = message if isinstance(message, dict) else {}
+    kernel_raw = raw.get("kernel") if isinstance(raw.get("kernel"), dict) else {}
+    base: dict[str, Any] = {  # what the record can say even of a malformed message
+        "trial_id": str(raw.get("trial_id", ""))[:MAX_TRIAL_ID] or "(none)",
+        "token": str(raw.get("token", ""))[:256],
+        "kernel": str(kernel_raw.get("name", ""))[:256],
         "worker": worker[:256],
         "started_at": started,
     }
@@ -57,17 +62,21 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         )
 
     try:
-        token = SeedToken.parse(token_text)
-        deadline_s = float(message.get("deadline_s", 120))
-        if not trial_id or not kernel_name or not kernel.get("path"):
-            raise ValueError("trial message needs trial_id, token and kernel {name, path}")
-        if not 1 <= deadline_s <= 3600:
-            raise ValueError(f"deadline_s {deadline_s} is outside 1..3600")
-    except (TokenError, ValueError, TypeError) as exc:
-        return finish("infra-error", f"malformed trial message: {exc}")
+        msg = validate_message(message)  # the scheduler validated it too: same model
+        token = SeedToken.parse(msg.token)
+    except MessageError as exc:
+        return finish("infra-error", f"refused: {exc}")
+    except TokenError as exc:
+        return finish("infra-error", f"refused: malformed trial message: token: {exc}")
+    deadline_s, kernel_name = msg.deadline_s, msg.kernel.name
+    try:
+        where = cache_dir if cache_dir is not None else load_settings().cache_dir
+        kernel_path = resolve_kernel(where, kernel_name, msg.kernel.sha256)
+    except (KernelNotFound, KernelError) as exc:
+        return finish("infra-error", f"refused: {exc}")
 
     try:
-        guest, booted = pool.acquire(kernel_name, Path(str(kernel["path"])))
+        guest, booted = pool.acquire(kernel_name, kernel_path)
     except GuestError as exc:
         return finish("infra-error", str(exc))
     info = _guest_info(guest)
@@ -92,7 +101,7 @@ def execute(pool: GuestPool, message: dict[str, Any], worker: str = "") -> Trial
         )
     try:
         guest.apply_vm_knobs(params.cpu_quota_pct, params.vcpu_pin)
-        run = guest.run(trial_id, params.argv(), deadline_s)
+        run = guest.run(msg.trial_id, params.argv(), deadline_s)
     except GuestError as exc:
         pool.retire(kernel_name)
         return finish("infra-error", str(exc), guest=info, booted=booted)

@@ -239,6 +239,65 @@ def cached_kernels(cache_dir: Path) -> list[KernelImage]:
     return found
 
 
+def resolve_kernel(
+    cache_dir: Path, name: str, sha256: str | None, boot: Path = Path("/boot")
+) -> Path:
+    """The image this host has under ``name``, checked against the ``sha256`` a trial names.
+
+    A worker calls this for every trial message: the name is looked up in this
+    host's own cache (``cache_dir/kernels/<name>/``) and among the installed
+    Debian kernels (``debian-<release>`` in /boot), never taken as a path. Raises
+    KernelNotFound or KernelError (an infrastructure error) naming the fix.
+    """
+    try:
+        check_name(name)
+    except KernelError as exc:
+        raise KernelNotFound(str(exc)) from exc
+    if sha256 is None:
+        raise KernelError(
+            f"the trial names kernel {name!r} without a sha256 (the control plane never "
+            "learnt it): register it there with `farm kernels fetch/add`"
+        )
+    folder = kernels_dir(cache_dir) / name
+    found: Path | None = None
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        listed = Path(str(manifest.get("path", "")))
+        # the manifest is ours, but keep its path inside the kernel's own folder
+        if listed.parent.resolve() == folder.resolve() and listed.is_file():
+            found = listed
+    if found is None and name.startswith("debian-"):
+        installed = boot / f"vmlinuz-{name.removeprefix('debian-')}"
+        if _VMLINUZ.match(installed.name) and installed.is_file():
+            found = installed
+    if found is None:
+        raise KernelNotFound(
+            f"this worker has no kernel {name!r} (looked in {folder} and {boot}): fetch or add "
+            "it on this host (`farm kernels fetch` / `farm kernels add`), or stop routing its "
+            "queue here"
+        )
+    actual = _cached_sha256(found)
+    if actual != sha256:
+        raise KernelError(
+            f"kernel {name!r} on this worker ({found}) has sha256 {actual[:16]}..., the trial "
+            f"names {sha256[:16]}...: the name stands for another image here; fetch or add "
+            "the same image on every host"
+        )
+    return found
+
+
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of an image, recomputed only when its inode, size or mtime change."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_of(path)
+    return _SHA_CACHE[key]
+
+
 # --- custom images ---------------------------------------------------------------
 
 

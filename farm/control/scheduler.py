@@ -153,29 +153,31 @@ class Scheduler:
         self._last_reconcile = time.monotonic()
         self._resume()
 
-    def message(self, trial_id: str, token: str, kernel_name: str, path: str) -> dict[str, Any]:
+    def message(
+        self, trial_id: str, token: str, kernel_name: str, sha256: str | None
+    ) -> dict[str, Any]:
         """A trial's message, with its deadline from the cost model (farm/timing.py)."""
         deadline = trial_deadline_s(
             parse_token(token).params(), self.deadline_s, self.max_deadline_s
         )
-        return trial_message(trial_id, token, kernel_name, path, deadline)
+        return trial_message(trial_id, token, kernel_name, sha256, deadline)
 
     def _resume(self) -> None:
         """Adopt what a previous scheduler left: batches in flight, and batches it committed
         but may have died before sending (those the broker never saw are sent now)."""
         with self.sessions() as session:
             rows = session.execute(
-                select(Trial.batch_id, Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
+                select(Trial.batch_id, Trial.trial_id, Trial.token, Kernel.name, Kernel.sha256)
                 .join(Kernel, Trial.kernel_id == Kernel.id)
                 .where(Trial.status == TrialStatus.RUNNING, Trial.batch_id.is_not(None))
                 .order_by(Trial.id)
             ).all()
         batches: dict[str, Batch] = {}
-        for batch_id, trial_id, token, kernel_name, path in rows:
+        for batch_id, trial_id, token, kernel_name, sha256 in rows:
             batch = batches.setdefault(
                 batch_id, Batch(batch_id, kernel_queue(kernel_name) + route_suffix(token), [])
             )
-            batch.messages.append(self.message(trial_id, token, kernel_name, path or ""))
+            batch.messages.append(self.message(trial_id, token, kernel_name, sha256))
         if not batches:
             return
         known = known_task_ids(
@@ -229,14 +231,14 @@ class Scheduler:
     def _stored_batch(self, batch_id: str) -> Batch | None:
         with self.sessions() as session:
             rows = session.execute(
-                select(Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
+                select(Trial.trial_id, Trial.token, Kernel.name, Kernel.sha256)
                 .join(Kernel, Trial.kernel_id == Kernel.id)
                 .where(Trial.batch_id == batch_id, Trial.status == TrialStatus.RUNNING)
                 .order_by(Trial.id)
             ).all()
         if not rows:
             return None
-        messages = [self.message(t, token, k, path or "") for t, token, k, path in rows]
+        messages = [self.message(t, token, k, sha) for t, token, k, sha in rows]
         return Batch(batch_id, kernel_queue(rows[0][2]) + route_suffix(rows[0][1]), messages)
 
     # -- one step ------------------------------------------------------------
@@ -342,14 +344,14 @@ class Scheduler:
     def _assign(self, session: Session, campaign: Campaign, outbox: list[Batch]) -> None:
         """Group the campaign's queued trials into batches per queue, marked as running."""
         queued = session.execute(
-            select(Trial.trial_id, Trial.token, Kernel.name, Kernel.image_path)
+            select(Trial.trial_id, Trial.token, Kernel.name, Kernel.sha256)
             .join(Kernel, Trial.kernel_id == Kernel.id)
             .where(Trial.campaign_id == campaign.id, Trial.status == TrialStatus.QUEUED)
             .order_by(Trial.id)
         ).all()
         by_queue: dict[str, list[dict[str, Any]]] = {}
-        for trial_id, token, kernel_name, path in queued:
-            message = self.message(trial_id, token, kernel_name, path or "")
+        for trial_id, token, kernel_name, sha256 in queued:
+            message = self.message(trial_id, token, kernel_name, sha256)
             queue = kernel_queue(kernel_name) + route_suffix(token)
             by_queue.setdefault(queue, []).append(message)
         for queue, messages in by_queue.items():

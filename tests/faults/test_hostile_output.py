@@ -29,6 +29,7 @@ from private_services import Tally
 from sqlalchemy import select as sql_select
 
 from farm.artifacts.guest_image import GUEST_DIR, compile_static
+from farm.artifacts.kernels import sha256_of, write_manifest
 from farm.protocol import MAX_CONSOLE_BYTES, MAX_OUTPUT_BYTES, TrialResult
 from farm.store.db import make_engine, session_factory, upgrade
 from farm.store.models import Trial
@@ -189,17 +190,23 @@ def test_hostile_guest_output_is_bounded_rejected_or_escaped(
 ) -> None:
     guest, mode = hostile_guest
     pool = OnePool(guest)
+    cache = guest.config.console_dir.parent / "cache"  # this worker's kernels: one stand-in
+    folder = cache / "kernels" / "hostile-kernel"
+    folder.mkdir(parents=True)
+    (folder / "bzImage").write_bytes(b"stand-in image")
+    sha = sha256_of(folder / "bzImage")
+    write_manifest(folder, {"path": str(folder / "bzImage"), "sha256": sha})
     results: dict[str, TrialResult] = {}
     for case in ("flood", "big", "truncated", "html", "schema", "binary", "xss"):
         mode.write_text(case)
         message = {
             "trial_id": f"hostile-{case}",
             "token": TOKEN,
-            "kernel": {"name": "hostile-kernel", "path": "/boot/vmlinuz-hostile"},
+            "kernel": {"name": "hostile-kernel", "sha256": sha},
             "deadline_s": 30,
         }
         started = time.monotonic()
-        results[case] = execute(pool, message, worker="hostile-host:1")  # type: ignore[arg-type]
+        results[case] = execute(pool, message, "hostile-host:1", cache)  # type: ignore[arg-type]
         assert time.monotonic() - started < 25, case  # nothing hangs the worker
     assert guest.channel is not None and guest.channel.bad_frames == 0
 
