@@ -246,6 +246,24 @@ class GuestInfo(_Strict):
     trials_on_boot: Count  # trials this boot ran, this one included
 
 
+MAX_BOOT_CONSOLE_BYTES = 64 * 1024
+
+
+class BootReport(_Strict):
+    """What a guest printed between two trials, or that it died then: the boot's, no trial's.
+
+    The worker checks a kept guest before its next trial; on a report or a dead
+    domain it boots afresh and hands this on with that trial's result.
+    """
+
+    boot_id: ShortStr
+    kernel_release: ShortStr
+    after_trial: ShortStr  # the last trial the boot ran
+    died: bool
+    titles: list[ShortStr] = Field(default_factory=list, max_length=16)
+    console: Annotated[str, Field(max_length=MAX_BOOT_CONSOLE_BYTES)] = ""
+
+
 class TrialResult(_Strict):
     """One trial's outcome as a worker reports it; the recorder stores it once."""
 
@@ -264,6 +282,9 @@ class TrialResult(_Strict):
     output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES)] = ""  # raw stdout when unparsable
     console: Annotated[str, Field(max_length=MAX_CONSOLE_BYTES)] = ""
     console_truncated: bool = False
+    # the agent saw the trial's mm freed before its end marker (None: it could not tell)
+    mm_released: bool | None = None
+    prior_boot: BootReport | None = None  # the guest this trial did not use, and why
     started_at: Epoch
     finished_at: Epoch
 

@@ -3,7 +3,10 @@
 Booting costs ~13 s under TCG against ~2 s for a trial, so a guest runs many
 trials. It is replaced after anything that could taint the next trial: a
 kernel report (``WARN_ON_ONCE`` fires once per boot), a dead or hung guest,
-or every ``reboot_every`` trials.
+a trial whose mm outlived the agent's wait, or every ``reboot_every`` trials.
+Before a kept guest runs the next trial, what it printed since the last
+trial's end marker is read: a report there, or a guest that died meanwhile,
+retires it, and the ``BootReport`` goes with the next trial's result.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import libvirt
 
+from farm.protocol import MAX_BOOT_CONSOLE_BYTES, BootReport, clip
 from farm.settings import Settings
+from farm.triage.engine import parse as parse_console
 from workers.connection import open_connection
 from workers.domain import NAME_PREFIX, find_emulator
 from workers.probe import detect_virt_type
@@ -40,6 +45,7 @@ class GuestPool:
     reboot_every: int = 50
     connect: Callable[[], libvirt.virConnect] | None = None  # reopens a connection libvirtd closed
     guests: dict[str, Guest] = field(default_factory=dict)
+    prior_boot: BootReport | None = None  # set by acquire(): the kept guest it gave up on
 
     @classmethod
     def from_settings(cls, conn: libvirt.virConnect, settings: Settings, initrd: Path) -> GuestPool:
@@ -110,13 +116,24 @@ class GuestPool:
 
     def acquire(self, kernel_name: str, kernel: Path) -> tuple[Guest, bool]:
         """A booted guest for this kernel, and whether it was booted just now."""
+        self.prior_boot = None
         if not self.connected():
             try:
                 self.reconnect()
             except Exception as exc:  # reported as the infra error it is
                 raise GuestError(f"libvirtd is unreachable and reconnecting failed: {exc}") from exc
         guest = self.guests.get(kernel_name)
-        if guest is not None and (guest.config.kernel != kernel or not guest.alive()):
+        if guest is not None and guest.config.kernel != kernel:
+            self.retire(kernel_name)
+            guest = None
+        if guest is not None and (report := between_trials(guest)) is not None:
+            log.warning(
+                "guest %s %s after trial %s: booting afresh",
+                guest.name,
+                "died" if report.died else "printed " + "; ".join(report.titles),
+                report.after_trial,
+            )
+            self.prior_boot = report
             self.retire(kernel_name)
             guest = None
         if guest is not None:
@@ -150,3 +167,21 @@ class GuestPool:
     def close(self) -> None:
         for name in list(self.guests):
             self.retire(name)
+
+
+def between_trials(guest: Guest) -> BootReport | None:
+    """The boot's report when a kept guest printed a kernel report or died since its last trial."""
+    text = guest.since_last_trial()
+    alive = guest.alive()
+    reports = parse_console(text) if text else []
+    if alive and not reports:
+        return None
+    console, _ = clip(text, MAX_BOOT_CONSOLE_BYTES)
+    return BootReport(
+        boot_id=guest.boot_id,
+        kernel_release=guest.kernel_release,
+        after_trial=guest.last_trial[:256] or "(none)",
+        died=not alive,
+        titles=[r.title[:256] for r in reports[:16]],
+        console=console,
+    )

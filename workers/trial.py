@@ -78,7 +78,9 @@ def execute(
     try:
         guest, booted = pool.acquire(kernel_name, kernel_path)
     except GuestError as exc:
+        base["prior_boot"] = getattr(pool, "prior_boot", None)
         return finish("infra-error", str(exc))
+    base["prior_boot"] = getattr(pool, "prior_boot", None)  # recorded with this trial
     info = _guest_info(guest)
     if guest.numa_nodes < 2:
         pool.release(kernel_name, tainted=False)
@@ -113,9 +115,15 @@ def execute(
         "console": console,
         "console_truncated": console_truncated,
     }
+    mm_released = run.answer.get("mm_released") if run.answer else None
+    if not isinstance(mm_released, bool):
+        mm_released = None
+    common["mm_released"] = mm_released
     reports = parse_console(run.console)
     stuck = run.answer is not None and _stuck(run)
-    tainted = run.answer is None or stuck or bool(reports)  # a merely slow trial does not taint
+    # a merely slow trial does not taint; a trial mm the agent stopped waiting for does
+    # (its check_mm() could still print into the next trial)
+    tainted = run.answer is None or stuck or mm_released is False or bool(reports)
     pool.release(kernel_name, tainted=tainted)
 
     if run.answer is None:

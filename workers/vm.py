@@ -4,7 +4,9 @@ The guest is started with AUTODESTROY, so if the worker process dies its
 libvirt connection closes and libvirtd takes the guest with it. The kernel
 console (serial0) goes to a file; each trial's share of it is cut between the
 agent's ``zapfarm: trial <id> begin`` and ``end`` markers, so boot-time
-messages never belong to a trial.
+messages never belong to a trial. What comes after a trial's end marker and
+before the next trial is the boot's: ``since_last_trial`` reads it, and the
+pool reboots a guest that printed a report there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import libvirt
 
+from farm.protocol import begin_marker, end_marker
 from farm.timing import ANSWER_GRACE_S, KILL_WAIT_S, MARKER_WAIT_S, NO_PROGRESS_S, ProgressWatch
 from workers.channel import Channel, ChannelError
 from workers.domain import NAME_PREFIX, DomainSpec, render
@@ -94,6 +97,8 @@ class Guest:
     boot_seconds: float = 0.0
     trials: int = 0
     vm_knobs: tuple[int, str] = (100, "none")  # what the guest was booted with
+    console_mark: int = 0  # console bytes that belong to the boot or a trial already cut
+    last_trial: str = ""
 
     @property
     def name(self) -> str:
@@ -149,6 +154,7 @@ class Guest:
             )
         self.ready = ready
         self.boot_seconds = time.monotonic() - started
+        self.console_mark = self._console_size()  # boot messages are the boot's
 
     def run(
         self,
@@ -169,13 +175,14 @@ class Guest:
         if self.channel is None:
             raise GuestError("guest is not booted")
         self.trials += 1
-        offset = self._console_size()
+        self.last_trial = trial_id
+        offset = self.console_mark
         request = {"op": "run", "id": trial_id, "argv": argv, "deadline_ms": int(deadline_s * 1000)}
         answer: dict[str, Any] | None = None
         broken: str | None = None
         started = time.monotonic()
         watch = ProgressWatch(started, no_progress_s)
-        watch.console(started, offset)
+        watch.console(started, self._console_size())
         cap = started + deadline_s + KILL_WAIT_S + ANSWER_GRACE_S
         try:
             self.channel.send(request)
@@ -204,13 +211,21 @@ class Guest:
         now = time.monotonic()
         state = DomainState.RUNNING
         if answer is not None:
-            self._wait_for(f"zapfarm: trial {trial_id} end", offset)
+            self._wait_for(end_marker(trial_id), offset)
         else:
             state = self.state()
             time.sleep(1.0)  # let a panic's last lines reach the file
+        size = self._console_size()
+        base = offset if offset <= size else 0  # rotated by virtlogd: _read_console starts over
+        data = self._read_console(offset)
+        _, excerpt, used = split_trial(data, trial_id)
+        if used <= MAX_CONSOLE_READ // 2 or size - base <= MAX_CONSOLE_READ:
+            self.console_mark = base + used
+        else:  # a read cut in its middle: its offsets past the head are not the file's
+            self.console_mark = size
         return TrialRun(
             answer=answer,
-            console=self._excerpt(trial_id, offset),
+            console=excerpt.decode("utf-8", errors="replace"),
             broken=broken,
             stalled=answer is None
             and broken is None
@@ -219,6 +234,11 @@ class Guest:
             state=state,
             heartbeats=watch.heartbeats,
         )
+
+    def since_last_trial(self) -> str:
+        """What the guest printed after the last trial's end marker (or since boot)."""
+        data = self._read_console(self.console_mark)
+        return data.decode("utf-8", errors="replace")
 
     def _connected(self) -> bool:
         try:
@@ -331,22 +351,31 @@ class Guest:
                 return
             time.sleep(0.05)
 
-    def _excerpt(self, trial_id: str, offset: int) -> str:
-        data = self._read_console(offset)
-        begin = data.find(f"zapfarm: trial {trial_id} begin".encode())
-        if begin >= 0:
-            data = data[data.rfind(b"\n", 0, begin) + 1 :]
-        end_marker = f"zapfarm: trial {trial_id} end".encode()
-        end = data.find(end_marker)
-        if end >= 0:
-            line_end = data.find(b"\n", end)
-            data = data[: len(data) if line_end < 0 else line_end + 1]
-        return data.decode("utf-8", errors="replace")
-
     def _tail(self, lines: int = 15) -> str:
         text = self._read_console(max(0, self._console_size() - 4096)).decode(errors="replace")
         tail = "\n".join(text.splitlines()[-lines:])
         return f"; console tail:\n{tail}" if tail else ""
+
+
+def split_trial(data: bytes, trial_id: str) -> tuple[bytes, bytes, int]:
+    """Cut a console read into (before the begin marker, the trial's excerpt, bytes used).
+
+    The excerpt runs from the begin marker's line through the end marker's line;
+    without a begin marker it starts at ``data``'s start, without an end marker it
+    runs to the end. "Used" is where the next read starts: just past the end
+    marker's line, so that whatever comes after it (a late report) is read again,
+    as the boot's, before the next trial.
+    """
+    start = 0
+    begin = data.find(begin_marker(trial_id).encode())
+    if begin >= 0:
+        start = data.rfind(b"\n", 0, begin) + 1
+    used = len(data)
+    end = data.find(end_marker(trial_id).encode(), start)
+    if end >= 0:
+        line_end = data.find(b"\n", end)
+        used = len(data) if line_end < 0 else line_end + 1
+    return data[:start], data[start:used], used
 
 
 def _world_readable(path: Path) -> bool:
