@@ -9,7 +9,7 @@ from pathlib import Path
 
 from workers.disk import owner_alive, prune, tidy
 from workers.pool import GuestPool
-from workers.vm import MAX_CONSOLE_READ, Guest, GuestConfig
+from workers.vm import MAX_CONSOLE_READ, Guest, GuestConfig, split_trial
 
 NOW = time.time()
 
@@ -84,6 +84,6 @@ def test_a_flooded_console_is_read_head_and_tail_only(tmp_path: Path) -> None:
     data = guest._read_console(5)
     assert len(data) < MAX_CONSOLE_READ + 100
     assert b"console bytes not read" in data
-    excerpt = guest._excerpt("t1", 5)
-    assert excerpt.startswith("zapfarm: trial t1 begin") and excerpt.endswith("t1 end\n")
+    _, excerpt, _ = split_trial(data, "t1")
+    assert excerpt.startswith(b"zapfarm: trial t1 begin") and excerpt.endswith(b"t1 end\n")
     assert guest._read_console(10 * MAX_CONSOLE_READ) == guest._read_console(0)  # rotated
