@@ -155,6 +155,13 @@ fi
 
 if [ "$role" = worker ]; then
   write_env
+  # The worker runs as this user, in the group libvirt (deploy/systemd/zapfarm-worker@.service).
+  if ! id zapfarm >/dev/null 2>&1; then
+    say "creating the system user zapfarm (group libvirt) for the worker"
+    as_root useradd --system --user-group --home-dir /var/lib/zapfarm --no-create-home \
+      --shell /usr/sbin/nologin zapfarm
+  fi
+  id -nG zapfarm | grep -qw libvirt || as_root usermod -aG libvirt zapfarm
   install_units zapfarm-worker@.service
   if [ -d /run/systemd/system ]; then
     echo "    start it: systemctl enable --now zapfarm-worker@all.service"

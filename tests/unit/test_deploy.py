@@ -65,6 +65,15 @@ def test_units_read_farm_env_and_verify(tmp_path: Path) -> None:
         assert "EnvironmentFile=/etc/zapfarm/farm.env" in unit.read_text()
     worker = (DEPLOY / "systemd" / "zapfarm-worker@.service").read_text()
     assert "DATABASE" not in worker and "farm worker" in worker
+    # not root: a system user in the group libvirt, one capability (reading virtlogd's logs)
+    settings = dict(
+        line.split("=", 1) for line in worker.splitlines() if "=" in line and line[0].isupper()
+    )
+    assert (settings["User"], settings["SupplementaryGroups"]) == ("zapfarm", "libvirt")
+    assert settings["CapabilityBoundingSet"] == settings["AmbientCapabilities"]
+    assert settings["AmbientCapabilities"] == "CAP_DAC_READ_SEARCH"
+    assert settings["NoNewPrivileges"] == "yes" and settings["ProtectSystem"] == "strict"
+    assert "useradd --system" in (DEPLOY / "setup-host.sh").read_text()
     assert "farm web" in (DEPLOY / "systemd" / "zapfarm-web.service").read_text()
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
