@@ -29,6 +29,7 @@ from itertools import accumulate, compress
 from operator import add
 from typing import Final, cast
 
+from farm.protocol import MARKER_PREFIX
 from farm.triage.linux import (
     CONSOLE_HANGUP,
     INFO_WITH_STACK,
@@ -162,7 +163,7 @@ class _Log:
         # Per line: (caller id, " " if there is a console prefix, text after it); by chunks.
         self.parts: list[tuple[str, str, str] | None] = [None] * n
         self.markers = self._lines_with(
-            ("zapfarm: trial",), lambda ln: TRIAL_MARKER.search(ln) is not None
+            (MARKER_PREFIX,), lambda ln: TRIAL_MARKER.search(ln) is not None
         )
         marker_set = set(self.markers)
         self.oops_at: dict[int, int] = {}

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from farm.protocol import MARKER_PREFIX
 from farm.triage.patterns import Ordered, Pat, pat, rx, seq
 from farm.triage.stacks import (
     RIP,
@@ -455,4 +456,4 @@ INFO_WITH_STACK: Final = (
 # The serial console of a GCE VM dropped: whatever we have is truncated.
 CONSOLE_HANGUP: Final = "serialport: VM disconnected."
 # zapfarm's own trial markers: boundaries between trials, never part of a report.
-TRIAL_MARKER: Final = re.compile(r"zapfarm: trial \S+ (?:begin|end)\b", re.ASCII)
+TRIAL_MARKER: Final = re.compile(re.escape(MARKER_PREFIX) + r" \S+ (?:begin|end)\b", re.ASCII)
