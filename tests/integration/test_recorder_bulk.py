@@ -377,3 +377,25 @@ def test_concurrent_overlapping_batches_record_each_trial_once(
         [finding] = s.scalars(select(Finding)).all()
         assert finding.trial_count == len(covered)
         assert sum(s.scalars(select(FindingCount.count))) == len(covered)
+
+
+def test_a_boot_report_is_stored_with_the_trial_that_followed(
+    db_sessions: sessionmaker[Session],
+) -> None:
+    """What a guest printed between trials is kept, against its boot, with the next trial."""
+    prior = {
+        "boot_id": "0a1b2c3d4e5f",
+        "kernel_release": "6.1.0-26-amd64",
+        "after_trial": "bulk-000041",
+        "died": False,
+        "titles": ["BUG: Bad rss-counter state"],
+        "console": "[ 90.6] BUG: Bad rss-counter state mm:0000 type:MM_SHMEMPAGES val:-1\x00\n",
+    }
+    queue_many(db_sessions, ["bulk-000042"])
+    stored = result("bulk-000042", prior_boot=prior)
+    assert record_many(db_sessions, [(stored, judge(stored))]) == [RecordOutcome.UPDATED]
+    with db_sessions() as s:
+        kept = s.scalars(select(Trial.result).where(Trial.trial_id == "bulk-000042")).one()
+    assert kept is not None and kept["prior_boot"]["boot_id"] == "0a1b2c3d4e5f"
+    assert kept["prior_boot"]["titles"] == ["BUG: Bad rss-counter state"]
+    assert kept["prior_boot"]["console"].startswith("[ 90.6] BUG: Bad rss-counter state")
