@@ -78,6 +78,7 @@ static int sigchld_pipe[2] = { -1, -1 };
 static bool userns_wanted;	/* host mode: --userns-probe */
 static bool mm_signal;		/* the trial's user namespace tells when its mm is freed */
 static long long mm_wait_ms = MM_WAIT_MS;
+static bool mm_pending;		/* the last trial's mm was not seen freed */
 
 static char inbuf[2 * MAX_LINE];
 static size_t inlen;
@@ -979,7 +980,7 @@ static void run_trial(const struct request *rq)
 		send_error(rq->id, "deadline_ms must be between 1 and 86400000");
 		return;
 	}
-	if (mm_signal && wait_mm_gone() == -1) {
+	if (mm_signal && mm_pending && wait_mm_gone() == -1) {
 		/* A previous trial's mm (or a process of it) is still held: its late
 		 * reports would land in this trial. The host reboots the guest. */
 		send_error(rq->id, "the previous trial's mm is still held: reboot the guest");
@@ -1114,6 +1115,7 @@ static void run_trial(const struct request *rq)
 	if (reaped && !exec_errno) {
 		visit_all_cpus();
 		mm_waited = mm_signal ? wait_mm_gone() : -2;
+		mm_pending = mm_waited == -1;
 	}
 	kmsg("zapfarm: trial %s end", rq->id);
 
