@@ -262,10 +262,11 @@ def resolve_kernel(
     found: Path | None = None
     manifest = read_manifest(folder)
     if manifest is not None:
-        listed = Path(str(manifest.get("path", "")))
-        # the manifest is ours, but keep its path inside the kernel's own folder
-        if listed.parent.resolve() == folder.resolve() and listed.is_file():
-            found = listed
+        # only the file name counts: the folder may have been copied from a host that keeps
+        # its cache elsewhere, and nothing outside the kernel's own folder is ever read
+        listed = Path(str(manifest.get("path", ""))).name
+        if listed not in ("", ".", "..") and (folder / listed).is_file():
+            found = folder / listed
     if found is None and name.startswith("debian-"):
         installed = boot / f"vmlinuz-{name.removeprefix('debian-')}"
         if _VMLINUZ.match(installed.name) and installed.is_file():

@@ -128,3 +128,11 @@ def test_the_scheduler_builds_what_the_worker_accepts() -> None:
         trial_message("c-000001", TOKEN, "k1", "c" * 64, 0.5)
     with pytest.raises(MessageError, match="trial_id"):
         trial_message("has space", TOKEN, "k1", "c" * 64, 60)
+
+
+def test_a_kernel_folder_copied_from_another_host_resolves_here(cache: tuple[Path, str]) -> None:
+    folder = cache[0] / "kernels" / "k1"
+    write_manifest(folder, {"path": "/srv/other/kernels/k1/bzImage", "sha256": cache[1]})
+    pool = RecordingPool()
+    execute(pool, message(name="k1", sha256=cache[1]), "w", cache_dir=cache[0])  # type: ignore[arg-type]
+    assert pool.acquired == [("k1", folder / "bzImage")]
