@@ -45,6 +45,7 @@ def pool(
         virt_type="qemu",
         memory_mb=settings.guest_memory_mb,
         cpus=2,
+        boot_deadline_s=300,  # a busy shared host stretches TCG boots well past the usual 90 s
     )
     os.chmod(pool.console_dir, 0o755)
     try:
