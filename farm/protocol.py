@@ -284,6 +284,7 @@ class TrialResult(_Strict):
     console_truncated: bool = False
     # the agent saw the trial's mm freed before its end marker (None: it could not tell)
     mm_released: bool | None = None
+    mm_wait_ms: Count | None = None  # from the child's reap to the mm's release (or the bound)
     prior_boot: BootReport | None = None  # the guest this trial did not use, and why
     started_at: Epoch
     finished_at: Epoch

@@ -119,6 +119,10 @@ def execute(
     if not isinstance(mm_released, bool):
         mm_released = None
     common["mm_released"] = mm_released
+    mm_wait = _int_or_none(run.answer.get("mm_wait_ms")) if run.answer else None
+    common["mm_wait_ms"] = (
+        max(0, mm_wait) if mm_wait is not None and mm_released is not None else None
+    )
     reports = parse_console(run.console)
     stuck = run.answer is not None and _stuck(run)
     # a merely slow trial does not taint; a trial mm the agent stopped waiting for does

@@ -65,6 +65,12 @@ def kernel(series: str) -> KernelImage:
     return fetch_debian(load_settings().cache_dir, f"debian:{suite}").image  # cached after once
 
 
+def rss_line(result: object) -> str:
+    program = getattr(result, "program", None)
+    rss = program.rss_shmem_kb if program else None
+    return f"{rss.before}/{rss.populated}/{rss.punched} kB" if rss else "-"
+
+
 @pytest.mark.parametrize("series", list(SUITES))
 def test_the_counter_oracle_reads_exactly_and_the_mm_signal_holds(
     pool: GuestPool, series: str
@@ -77,6 +83,8 @@ def test_the_counter_oracle_reads_exactly_and_the_mm_signal_holds(
     assert result.outcome == "ok", (result.error, result.console[-2000:])
     assert result.guest is not None and result.guest.kernel_release == image.release
     assert result.mm_released is True  # the end marker followed the mm's teardown
+    assert result.mm_wait_ms is not None and result.mm_wait_ms < 8000
+    print(f"{series}: mm freed {result.mm_wait_ms} ms after the reap, RssShmem {rss_line(result)}")
     program = result.program
     assert program is not None and program.error is None and program.warnings == []
     page_kb = program.page_size // 1024
