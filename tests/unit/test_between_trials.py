@@ -62,6 +62,13 @@ class ScriptedChannel:
         pass
 
 
+class LiveConnection:
+    """libvirt's connection as far as the pool and the guest ask: it is up."""
+
+    def isAlive(self) -> bool:
+        return True
+
+
 class KeptGuest(Guest):
     """A booted guest without a hypervisor: its console is a file the test writes."""
 
@@ -85,8 +92,12 @@ def kept(tmp_path: Path) -> tuple[GuestPool, KeptGuest]:
     kernel = folder / "bzImage"
     kernel.write_bytes(b"stand-in image")
     write_manifest(folder, {"path": str(kernel), "sha256": sha256_of(kernel)})
-    pool = NoBootPool(conn=None, initrd=tmp_path / "initrd", console_dir=tmp_path, virt_type="qemu")  # type: ignore[arg-type]
-    guest = KeptGuest(conn=None, config=GuestConfig("k", kernel, tmp_path / "initrd", tmp_path))  # type: ignore[arg-type]
+    pool = NoBootPool(
+        conn=LiveConnection(), initrd=tmp_path / "initrd", console_dir=tmp_path, virt_type="qemu"
+    )  # type: ignore[arg-type]
+    guest = KeptGuest(
+        conn=LiveConnection(), config=GuestConfig("k", kernel, tmp_path / "initrd", tmp_path)
+    )  # type: ignore[arg-type]
     guest.channel = ScriptedChannel()  # type: ignore[assignment]
     guest.ready = {"kernel": "6.1.0-28-amd64", "numa_nodes": 2}
     guest.console_log.write_bytes(BOOT)
