@@ -966,6 +966,21 @@ static int child_enter_userns(void)
 	return 0;
 }
 
+/*
+ * Whether the trial needs root's capabilities in the initial user namespace,
+ * which a process in a namespace of its own does not have: the NUMA-balancing
+ * mover switches kernel.numa_balancing on, and that sysctl checks
+ * capable(CAP_SYS_ADMIN). Such a trial runs without the mm signal (its end
+ * marker only follows a visit of every CPU, and mm_released is null).
+ */
+static bool needs_initial_caps(const struct request *rq)
+{
+	for (int i = 1; i + 1 < rq->argc; i++)
+		if (!strcmp(rq->argv[i], "--mover") && !strcmp(rq->argv[i + 1], "numa-balancing"))
+			return true;
+	return false;
+}
+
 static void run_trial(const struct request *rq)
 {
 	static char scratch[16384];
@@ -973,6 +988,7 @@ static void run_trial(const struct request *rq)
 	int pipe_out[2], pipe_exec[2], exec_errno = 0, wstatus = 0;
 	bool reaped = false, exited = false, timed_out = false, truncated = false, killed = false;
 	long long mm_waited = -3;	/* -3: not waited (not reaped), -2: no signal, -1: too long */
+	bool own_userns = mm_signal && !needs_initial_caps(rq);
 	uint64_t start, deadline, linger = 0, elapsed, next_beat;
 	pid_t pid;
 
@@ -1008,7 +1024,7 @@ static void run_trial(const struct request *rq)
 			dup2(null, 0);
 			dup2(null, 2);	/* never onto ttyS0: that is the kernel's channel */
 		}
-		if (mm_signal && (exec_errno = child_enter_userns())) {
+		if (own_userns && (exec_errno = child_enter_userns())) {
 			exec_errno = -exec_errno;	/* negative: the namespace, not the exec */
 			if (write(pipe_exec[1], &exec_errno, sizeof(exec_errno)) < 0)
 				_exit(126);
@@ -1114,7 +1130,7 @@ static void run_trial(const struct request *rq)
 		close(pipe_out[0]);
 	if (reaped && !exec_errno) {
 		visit_all_cpus();
-		mm_waited = mm_signal ? wait_mm_gone() : -2;
+		mm_waited = own_userns ? wait_mm_gone() : -2;
 		mm_pending = mm_waited == -1;
 	}
 	kmsg("zapfarm: trial %s end", rq->id);

@@ -485,3 +485,13 @@ def test_the_probe_is_refused_in_the_initial_user_namespace(
         with contextlib.suppress(StopIteration):
             next(lines)
     assert _userns_limit() == before
+
+
+def test_a_trial_that_needs_root_outside_runs_without_the_mm_signal(userns_line: Line) -> None:
+    """The NUMA-balancing mover writes a sysctl that checks CAP_SYS_ADMIN in the initial
+    user namespace: its trial keeps the agent's namespace, and says it could not tell."""
+    assert userns_line.receive()["mm_signal"] == "userns"
+    answer = run(userns_line, "t-nb", "args", "--mover", "numa-balancing")
+    assert answer["output"] == "[--mover][numa-balancing]"
+    assert answer["mm_released"] is None
+    assert run(userns_line, "t-mp", "args", "--mover", "move_pages")["mm_released"] is True
