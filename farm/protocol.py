@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from farm.timing import MAX_DEADLINE_S
 
@@ -264,6 +264,27 @@ class BootReport(_Strict):
     console: Annotated[str, Field(max_length=MAX_BOOT_CONSOLE_BYTES)] = ""
 
 
+class Window(_Strict):
+    """The race window during one trial, from a ``--instrument count`` kernel.
+
+    How often a zap with details (hole punch, truncation) met a migration or
+    swap entry, and how often it left one in place that the fixed code removes
+    (only a ``--revert-fix`` kernel does). The agent's difference of the
+    ``zapfarm_*`` lines of /proc/vmstat over the trial (docs/kernels.md).
+    """
+
+    entries: Count
+    skipped: Count
+    swap_entries: Count
+    swap_skipped: Count
+
+    @model_validator(mode="after")
+    def _skips_are_entries(self) -> Window:
+        if self.skipped > self.entries or self.swap_skipped > self.swap_entries:
+            raise ValueError("more skipped than met: skipped <= entries for both kinds")
+        return self
+
+
 class TrialResult(_Strict):
     """One trial's outcome as a worker reports it; the recorder stores it once."""
 
@@ -279,6 +300,7 @@ class TrialResult(_Strict):
     signal: Int32 | None = None
     elapsed_ms: Count | None = None
     program: ProgramOutput | None = None
+    window: Window | None = None  # None: the kernel has no window counters
     output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES)] = ""  # raw stdout when unparsable
     console: Annotated[str, Field(max_length=MAX_CONSOLE_BYTES)] = ""
     console_truncated: bool = False

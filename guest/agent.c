@@ -20,12 +20,15 @@
  *   again exactly when that one is freed (docs/protocol.md).
  * - As PID 1 it must never exit (the kernel would panic): fatal trouble is
  *   logged and the agent sleeps forever.
+ * - The window counters of --instrument count kernels (zapfarm_* lines of
+ *   /proc/vmstat) are read right before the fork and after the reap; the
+ *   result carries their difference, or null when the kernel has none.
  *
  * Host testing: `agent --tty PATH --program PATH [--kmsg PATH|--no-kmsg]
- * [--userns-probe] [--mm-wait-ms N]` skips PID-1 duties (mounts, console
- * level) and exits when the tty hangs up; --userns-probe (only inside a user
- * namespace of the test's own: it sets that namespace's limit) turns on the
- * mm signal that PID 1 always uses.
+ * [--userns-probe] [--mm-wait-ms N] [--vmstat PATH]` skips PID-1 duties
+ * (mounts, console level) and exits when the tty hangs up; --userns-probe
+ * (only inside a user namespace of the test's own: it sets that namespace's
+ * limit) turns on the mm signal that PID 1 always uses.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -71,6 +74,7 @@
 static const char *tty_path = "/dev/ttyS1";
 static const char *program = "/bin/zapmigrate";
 static const char *kmsg_path = "/dev/kmsg";	/* NULL: no markers */
+static const char *vmstat_path = "/proc/vmstat";
 static bool pid1;
 static int tty = -1;
 static bool tty_eof;		/* read() gave EOF or an error: the host hung up */
@@ -693,6 +697,106 @@ static void free_request(struct request *rq)
 		free(rq->argv[i]);
 }
 
+/* ---- the window counters (--instrument count) ---------------------------- */
+
+#define MAX_VMSTAT (256 * 1024)	/* /proc/vmstat is ~5 KB; more is not a vmstat */
+
+/* The zapfarm_* vm events of guest/kernel/patches/count, in reply order. */
+static const char *const window_items[] = {
+	"zapfarm_migration_entries", "zapfarm_migration_skipped",
+	"zapfarm_swap_entries", "zapfarm_swap_skipped",
+};
+static const char *const window_keys[] = { "entries", "skipped", "swap_entries", "swap_skipped" };
+#define WINDOW_ITEMS 4
+
+struct window {
+	bool found;	/* every item was present exactly once, with a decimal value */
+	unsigned long long v[WINDOW_ITEMS];
+};
+
+/*
+ * Parse vmstat text ("name value" lines) for the window items. Anything else
+ * (a kernel without the patch, a missing item, a duplicate, a value that is
+ * not a plain decimal below 2^63) leaves found false: the result says null.
+ */
+static struct window window_parse(const char *text, size_t n)
+{
+	struct window w = { 0 };
+	bool seen[WINDOW_ITEMS] = { false };
+	const char *p = text, *end = text + n;
+	int count = 0;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p)), *eol = nl ? nl : end;
+		const char *sp = memchr(p, ' ', (size_t)(eol - p));
+
+		for (int i = 0; sp && i < WINDOW_ITEMS; i++) {
+			size_t len = strlen(window_items[i]);
+			unsigned long long v = 0;
+			const char *q = sp + 1;
+			int digits = 0;
+
+			if ((size_t)(sp - p) != len || memcmp(p, window_items[i], len))
+				continue;
+			if (seen[i])
+				return (struct window){ 0 };
+			for (; q < eol && *q >= '0' && *q <= '9' && digits < 19; q++, digits++)
+				v = v * 10 + (unsigned long long)(*q - '0');
+			if (!digits || q != eol)
+				return (struct window){ 0 };
+			seen[i] = true;
+			w.v[i] = v;
+			count++;
+		}
+		p = eol + 1;
+	}
+	w.found = count == WINDOW_ITEMS;
+	return w;
+}
+
+static struct window window_read(void)
+{
+	static char text[MAX_VMSTAT];
+	size_t n = 0;
+	ssize_t r;
+	int fd = open(vmstat_path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return (struct window){ 0 };
+	while (n < sizeof(text) && (r = read(fd, text + n, sizeof(text) - n)) != 0) {
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			close(fd);
+			return (struct window){ 0 };
+		}
+		n += (size_t)r;
+	}
+	close(fd);
+	if (n == sizeof(text))
+		return (struct window){ 0 };
+	return window_parse(text, n);
+}
+
+/* ", \"window\": {...}" with after - before, or null when either read failed
+ * or a counter went backwards (not a counter, then). */
+static void sb_window(struct sbuf *b, const struct window *before, const struct window *after)
+{
+	bool ok = before->found && after->found;
+
+	for (int i = 0; ok && i < WINDOW_ITEMS; i++)
+		ok = after->v[i] >= before->v[i];
+	if (!ok) {
+		sb_add(b, ", \"window\": null", 16);
+		return;
+	}
+	sb_add(b, ", \"window\": {", 13);
+	for (int i = 0; i < WINDOW_ITEMS; i++)
+		sb_printf(b, "%s\"%s\": %llu", i ? ", " : "", window_keys[i],
+			  after->v[i] - before->v[i]);
+	sb_add(b, "}", 1);
+}
+
 /* ---- running a trial ------------------------------------------------------ */
 
 static void on_sigchld(int sig)
@@ -990,6 +1094,7 @@ static void run_trial(const struct request *rq)
 	long long mm_waited = -3;	/* -3: not waited (not reaped), -2: no signal, -1: too long */
 	bool own_userns = mm_signal && !needs_initial_caps(rq);
 	uint64_t start, deadline, linger = 0, elapsed, next_beat;
+	struct window window_before, window_after;
 	pid_t pid;
 
 	if (rq->deadline_ms < 1 || rq->deadline_ms > MAX_DEADLINE_MS) {
@@ -1006,6 +1111,7 @@ static void run_trial(const struct request *rq)
 		send_error(rq->id, "pipe failed");
 		return;
 	}
+	window_before = window_read();
 	kmsg("zapfarm: trial %s begin", rq->id);
 	start = now_ms();
 	pid = fork();
@@ -1133,6 +1239,7 @@ static void run_trial(const struct request *rq)
 		mm_waited = own_userns ? wait_mm_gone() : -2;
 		mm_pending = mm_waited == -1;
 	}
+	window_after = window_read();
 	kmsg("zapfarm: trial %s end", rq->id);
 
 	sb_add(&reply, "{\"op\": \"result\", \"id\": ", 23);
@@ -1161,6 +1268,7 @@ static void run_trial(const struct request *rq)
 		sb_printf(&reply, ", \"mm_released\": false, \"mm_wait_ms\": %lld", mm_wait_ms);
 	else
 		sb_printf(&reply, ", \"mm_released\": null");
+	sb_window(&reply, &window_before, &window_after);
 	if (exec_errno) {
 		char why[300];
 
@@ -1469,7 +1577,7 @@ static void send_ready(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: agent [--tty PATH] [--program PATH] [--kmsg PATH | --no-kmsg] "
-		"[--userns-probe] [--mm-wait-ms N]\n");
+		"[--userns-probe] [--mm-wait-ms N] [--vmstat PATH]\n");
 	exit(2);
 }
 
@@ -1494,6 +1602,8 @@ int main(int argc, char **argv)
 			kmsg_path = argv[++i];
 		else if (!strcmp(argv[i], "--mm-wait-ms"))
 			mm_wait_ms = strtoll(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--vmstat"))
+			vmstat_path = argv[++i];
 		else
 			usage();
 	}

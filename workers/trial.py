@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from farm.artifacts.kernels import KernelError, KernelNotFound, resolve_kernel
 from farm.params import SeedToken, TokenError
 from farm.protocol import (
@@ -21,6 +23,7 @@ from farm.protocol import (
     MessageError,
     ResultError,
     TrialResult,
+    Window,
     clip,
     parse_program_output,
     validate_message,
@@ -142,6 +145,7 @@ def execute(
         "exit_code": _int_or_none(answer.get("exit_code")),
         "signal": _int_or_none(answer.get("signal")),
         "elapsed_ms": max(0, _int_or_none(answer.get("elapsed_ms")) or 0),
+        "window": _window(answer.get("window")),
     }
     if _stuck(run):
         why = (
@@ -222,6 +226,16 @@ def _guest_info(guest: Guest) -> GuestInfo:
         boot_seconds=round(guest.boot_seconds, 3),
         trials_on_boot=guest.trials,
     )
+
+
+def _window(value: object) -> Window | None:
+    """The agent's window counters; None when absent (uninstrumented kernel) or invalid."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Window.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def _int_or_none(value: object) -> int | None:

@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from farm.artifacts.kernelbuild import INSTRUMENTS
 from farm.artifacts.kernels import FLAVOURS, SUITES, KernelError, KernelImage, readable_by_qemu
 from farm.cli.support import FarmError, settings_from
 
@@ -209,8 +210,9 @@ def source(ctx: click.Context, series: str, refresh: bool) -> None:
 )
 @click.option(
     "--instrument",
-    type=click.Choice(["warn"]),
-    help="warn: the seed's WARN_ON_ONCE(is_migration_entry(entry)) in zap_pte_range()",
+    type=click.Choice(list(INSTRUMENTS)),
+    help="warn: the seed's WARN_ON_ONCE(is_migration_entry(entry)) in zap_pte_range(); "
+    "count: window entries and skips as zapfarm_* counters in /proc/vmstat",
 )
 @click.option(
     "--revert-fix",

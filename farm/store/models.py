@@ -234,6 +234,11 @@ class Trial(Base):
     migrate_ebusy: Mapped[int | None] = mapped_column(BigInteger)
     migrate_other: Mapped[int | None] = mapped_column(BigInteger)
     migrate_call_errors: Mapped[int | None] = mapped_column(BigInteger)
+    # the race window from result.window (--instrument count kernels; NULL on others)
+    window_entries: Mapped[int | None] = mapped_column(BigInteger)
+    window_skipped: Mapped[int | None] = mapped_column(BigInteger)
+    window_swap_entries: Mapped[int | None] = mapped_column(BigInteger)
+    window_swap_skipped: Mapped[int | None] = mapped_column(BigInteger)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     recorded_at: Mapped[datetime | None]

@@ -557,6 +557,13 @@ def done_values(
         migrate_other=prog.migrate.other if prog else None,
         migrate_call_errors=prog.migrate.call_errors if prog else None,
     )
+    window = result.window
+    values.update(
+        window_entries=window.entries if window else None,
+        window_skipped=window.skipped if window else None,
+        window_swap_entries=window.swap_entries if window else None,
+        window_swap_skipped=window.swap_skipped if window else None,
+    )
     return values
 
 

@@ -137,6 +137,23 @@ class Oracles(_Out):
         return self.rss_shmem_before_kb == self.rss_shmem_punched_kb
 
 
+class WindowCounts(_Out):
+    """The race window during the trial (--instrument count kernels; docs/kernels.md)."""
+
+    entries: int = Field(description="migration entries a hole punch or truncation met")
+    skipped: int = Field(description="of those, left in place (only --revert-fix kernels)")
+    swap_entries: int = Field(description="swap entries a hole punch or truncation met")
+    swap_skipped: int = Field(description="of those, left in place (only --revert-fix kernels)")
+
+    @classmethod
+    def of(cls, trial: Any) -> WindowCounts | None:
+        """From a trial row's window_* columns; None when its kernel has no counters."""
+        values = {name: getattr(trial, f"window_{name}") for name in cls.model_fields}
+        if any(v is None for v in values.values()):
+            return None
+        return cls(**values)
+
+
 class TrialDetail(TrialSummary):
     params: dict[str, Any] | None
     reproduce_command: str
@@ -150,6 +167,7 @@ class TrialDetail(TrialSummary):
     signal: int | None
     started_at: datetime | None
     oracles: Oracles
+    window: WindowCounts | None = Field(description="null: the kernel has no window counters")
     console: str = Field(description="the stored console excerpt ('' if not kept)")
     console_kept: bool = Field(description="false: a clean trial outside the console sample")
     output: str = Field(

@@ -211,6 +211,7 @@ def trial_detail(session: Session, pk: int) -> s.TrialDetail | None:
         signal=trial.signal,
         started_at=trial.started_at,
         oracles=s.Oracles(**{name: getattr(trial, name) for name in _ORACLE_FIELDS}),
+        window=s.WindowCounts.of(trial),
         console=console,
         console_kept=bool(console) or trial.status != TrialStatus.DONE,
         output=str((trial.result or {}).get("output") or ""),
