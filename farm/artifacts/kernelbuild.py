@@ -57,6 +57,8 @@ PATCH_ORDER = ("revert-fix", "warn", "count")
 # rough number of make steps of one build (a progress bar total, refined by past builds)
 EXPECTED_STEPS = {"5.10": 1400, "6.1": 1480, "6.12": 1600}
 USR_SRC = Path("/usr/src")
+# the files guest/kernel/patches/*/ touch: what checking a patch needs unpacked
+PATCHED_FILES = ("mm/memory.c", "mm/vmstat.c", "include/linux/vm_event_item.h")
 
 Progress = Callable[[str], None]
 StepCallback = Callable[[int, str], None]  # (steps so far, what make is doing now)
@@ -350,20 +352,23 @@ def extract(tarball: Path, dest: Path, members: list[str] | None = None) -> Path
 
 
 def source_excerpt(cache_dir: Path, source: SourceTarball) -> Path:
-    """mm/memory.c and every Kconfig file of a tarball, unpacked once and kept.
+    """PATCHED_FILES and every Kconfig file of a tarball, unpacked once and kept.
 
     Checking patches and fragment symbols needs only these (~1,700 files); a
-    full unpack takes much longer. Keyed by the tarball's version, size and mtime.
+    full unpack takes much longer. Keyed by the tarball's version, size and
+    mtime, and by the list of files (a longer list unpacks anew).
     """
     st = source.path.stat()
-    key = f"{source.series}-{source.package_version}-{st.st_size}-{int(st.st_mtime)}"
+    files = hashlib.sha256("\n".join(PATCHED_FILES).encode()).hexdigest()[:8]
+    key = f"{source.series}-{source.package_version}-{st.st_size}-{int(st.st_mtime)}-{files}"
     folder = kernels_dir(cache_dir) / ".excerpts" / key
     done_mark = folder / ".complete"
     if not done_mark.is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".excerpt-", dir=folder.parent))
         try:
-            extract(source.path, tmp, [f"linux-source-{source.series}/mm/memory.c", "*Kconfig*"])
+            top = f"linux-source-{source.series}"
+            extract(source.path, tmp, [*(f"{top}/{f}" for f in PATCHED_FILES), "*Kconfig*"])
             (tmp / ".complete").touch()
             if folder.exists():
                 shutil.rmtree(folder)

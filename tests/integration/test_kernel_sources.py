@@ -2,8 +2,8 @@
 
 A build takes minutes; these checks take seconds and catch what breaks one:
 an option the series does not know, a patch that no longer applies after a
-Debian point release. Only mm/memory.c and the Kconfig files are unpacked, once
-per tarball version (kept under cache_dir/kernels/.excerpts). A series whose
+Debian point release. Only the files the patches touch and the Kconfig files are
+unpacked, once per tarball version (kept under cache_dir/kernels/.excerpts). A series whose
 tarball is not on this host is skipped, naming the command that fetches it
 (`deploy/setup-host.sh test` fetches all three).
 """
@@ -11,6 +11,7 @@ tarball is not on this host is skipped, naming the command that fetches it
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from farm.artifacts.kernelbuild import (
+    INSTRUMENTS,
     PATCH_ORDER,
+    PATCHED_FILES,
     SERIES,
     BuildSpec,
     SourceTarball,
@@ -88,8 +91,68 @@ def test_each_patch_applies_alone(
     excerpts: dict[str, Path | str], series: str, patch_set: str
 ) -> None:
     tree = tree_for(excerpts, series)
-    spec = BuildSpec(series, "warn" if patch_set == "warn" else None, patch_set == "revert-fix")
+    instrument = patch_set if patch_set in INSTRUMENTS else None
+    spec = BuildSpec(series, instrument, patch_set == "revert-fix")
     apply_patches(tree, patches_for(spec), dry_run=True)
+
+
+def patched_copy(tree: Path, dest: Path, spec: BuildSpec) -> dict[str, tuple[str, str]]:
+    """Apply spec's patches for real to copies of PATCHED_FILES: file -> (pristine, patched)."""
+    for name in PATCHED_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tree / name, dest / name)
+    apply_patches(dest, patches_for(spec))
+    return {name: ((tree / name).read_text(), (dest / name).read_text()) for name in PATCHED_FILES}
+
+
+def zap_pte_range(source: str) -> str:
+    body = source[source.index("static unsigned long zap_pte_range(") :]
+    return body[: body.index("\n}\n")]
+
+
+COUNTERS = ("MIGRATION_ENTRIES", "MIGRATION_SKIPPED", "SWAP_ENTRIES", "SWAP_SKIPPED")
+
+
+@pytest.mark.parametrize("series", SERIES_LIST)
+@pytest.mark.parametrize("revert_fix", [False, True], ids=["fixed", "revertfix"])
+def test_count_patch_applies_and_counts(
+    excerpts: dict[str, Path | str], series: str, revert_fix: bool, tmp_path: Path
+) -> None:
+    """The same count patch on the fixed and the fix-reverted source (--fuzz=0).
+
+    The four events are declared and named in the same order, the entry is noted
+    where zap_pte_range() first looks at it and judged at the end of its turn
+    (the loop condition), after every path through the body, the skip included.
+    """
+    tree = tree_for(excerpts, series)
+    files = patched_copy(tree, tmp_path, BuildSpec(series, "count", revert_fix))
+    for name, (pristine, patched) in files.items():
+        assert patched != pristine, f"{name} untouched"
+    enum = files["include/linux/vm_event_item.h"][1]
+    names = [f"ZAPFARM_{c}" for c in COUNTERS]
+    at = [enum.index(f"{n},") for n in names]
+    assert at == sorted(at) and at[-1] < enum.index("NR_VM_EVENT_ITEMS")
+    text = files["mm/vmstat.c"][1]
+    at = [text.index(f'"zapfarm_{c.lower()}",') for c in COUNTERS]
+    assert at == sorted(at)
+    assert text.index('"zapfarm_swap_skipped",') < text.index(
+        "#endif /* CONFIG_VM_EVENT_COUNTERS || CONFIG_MEMCG */"
+    )
+    body = zap_pte_range(files["mm/memory.c"][1])
+    meet = body.index("zapfarm_kind = zapfarm_window_meet(details, entry);")
+    assert body.index("entry = pte_to_swp_entry(ptent);") < meet
+    done = body.index("} while (zapfarm_window_done(&zapfarm_kind, pte, zapfarm_pte, ")
+    if revert_fix:
+        assert meet < body.index("zapfarm --revert-fix") < done
+    else:
+        assert "zapfarm --revert-fix" not in body
+    added = [
+        line
+        for patch in patches_for(BuildSpec(series, "count"))
+        for line in patch.read_text().splitlines()
+        if line.startswith("+") and not line.startswith("+++")
+    ]
+    assert not [line for line in added if re.search(r"WARN|BUG|taint|printk|pr_", line)]
 
 
 @pytest.mark.parametrize("series", SERIES_LIST)

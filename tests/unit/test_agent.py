@@ -51,6 +51,8 @@ case "$1" in
           setsid sh -c "echo \$\$ > $3.pid; sleep $2; echo 'BUG: late report' >> $3" \
             </dev/null >/dev/null 2>&1 &
           while [ ! -s "$3.pid" ]; do sleep 0.01; done; printf 'gone' ;;
+  vmstat) cat "$2" > "$3"; printf 'counted' ;;
+  vmstat-gone) rm -f "$2"; printf 'counted' ;;
   *) printf 'unknown mode %s' "$1"; exit 9 ;;
 esac
 """
@@ -495,3 +497,101 @@ def test_a_trial_that_needs_root_outside_runs_without_the_mm_signal(userns_line:
     assert answer["output"] == "[--mover][numa-balancing]"
     assert answer["mm_released"] is None
     assert run(userns_line, "t-mp", "args", "--mover", "move_pages")["mm_released"] is True
+
+
+# --- the window counters (--instrument count kernels, docs/kernels.md) --------------
+
+WINDOW_ITEMS = (
+    "zapfarm_migration_entries",
+    "zapfarm_migration_skipped",
+    "zapfarm_swap_entries",
+    "zapfarm_swap_skipped",
+)
+
+
+@pytest.fixture
+def vmstat_line(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Line, Path]]:
+    """An agent whose /proc/vmstat is a file the test (and the fake program) rewrites."""
+    vmstat = tmp_path / "vmstat"
+    for host in _agent_line(binaries, tmp_path, extra=("--vmstat", str(vmstat))):
+        yield host, vmstat
+
+
+def host_vmstat() -> str:
+    """This host's real /proc/vmstat: a kernel without the count patch."""
+    text = Path("/proc/vmstat").read_text()
+    assert "pgfault " in text and "zapfarm_" not in text
+    return text
+
+
+def with_window(values: tuple[int, ...], base: str | None = None) -> str:
+    """Real vmstat text with the four zapfarm_* lines where the patch puts them (the end)."""
+    lines = "".join(f"{name} {v}\n" for name, v in zip(WINDOW_ITEMS, values, strict=True))
+    return (host_vmstat() if base is None else base) + lines
+
+
+def trial_window(line: Line, vmstat: Path, before: str | None, after: str | None) -> Any:
+    """Run one trial whose program turns vmstat from before into after; the reply's window."""
+    after_file = vmstat.with_name("after")
+    if before is None:
+        vmstat.unlink(missing_ok=True)
+    else:
+        vmstat.write_text(before)
+    if after is None:  # the file disappears during the trial
+        answer = run(line, "w", "vmstat-gone", str(vmstat))
+        assert answer["output"] == "counted"
+        return answer["window"]
+    after_file.write_text(after)
+    answer = run(line, f"w{len(after)}", "vmstat", str(after_file), str(vmstat))
+    assert answer["output"] == "counted"
+    return answer["window"]
+
+
+def test_window_is_the_counter_difference(vmstat_line: tuple[Line, Path]) -> None:
+    line, vmstat = vmstat_line
+    line.receive()
+    before = (1000, 3, 20, 0)
+    after = (1042, 10, 25, 5)
+    window = trial_window(line, vmstat, with_window(before), with_window(after))
+    assert window == {"entries": 42, "skipped": 7, "swap_entries": 5, "swap_skipped": 5}
+    # unchanged counters: a trial that never met the window, not a missing one
+    same = with_window(after)
+    assert trial_window(line, vmstat, same, same) == dict.fromkeys(window, 0)
+    # values near 2**63 and lines in another order still parse
+    big = (1 << 62) + 5
+    shuffled = "".join(reversed(with_window((big, big, big, big), "").splitlines(True)))
+    bumped = with_window((big + 9, big + 1, big, big), host_vmstat())
+    assert trial_window(line, vmstat, host_vmstat() + shuffled, bumped) == {
+        "entries": 9,
+        "skipped": 1,
+        "swap_entries": 0,
+        "swap_skipped": 0,
+    }
+
+
+def test_window_is_null_without_valid_counters(vmstat_line: tuple[Line, Path]) -> None:
+    """An uninstrumented kernel, or vmstat text that is not what the patch prints: null."""
+    line, vmstat = vmstat_line
+    line.receive()
+    good = with_window((5, 1, 5, 1))
+    real = host_vmstat()
+    bad_afters = {
+        "uninstrumented kernel": real,
+        "one item missing": real + "".join(f"{n} 9\n" for n in WINDOW_ITEMS[:3]),
+        "an item twice": good + "zapfarm_swap_entries 6\n",
+        "not a number": good.replace("zapfarm_migration_entries 5", "zapfarm_migration_entries x"),
+        "trailing junk": good.replace("zapfarm_swap_skipped 1", "zapfarm_swap_skipped 1 2"),
+        "negative": good.replace("zapfarm_swap_entries 5", "zapfarm_swap_entries -5"),
+        "20 digits": good.replace("zapfarm_swap_entries 5", "zapfarm_swap_entries " + "9" * 20),
+        "went backwards": with_window((4, 1, 5, 1)),
+        "over 256 KiB": good + "x" * (256 * 1024),
+    }
+    for why, after in bad_afters.items():
+        assert trial_window(line, vmstat, good, after) is None, why
+    assert trial_window(line, vmstat, None, good) is None, "no vmstat before the trial"
+    assert trial_window(line, vmstat, good, None) is None, "no vmstat after the trial"
+    # a name that only starts like an item is another item, not a duplicate
+    lookalike = good + "zapfarm_migration_entries_total 77\n"
+    window = trial_window(line, vmstat, lookalike, lookalike.replace(" 5\n", " 8\n", 1))
+    assert window == {"entries": 3, "skipped": 0, "swap_entries": 0, "swap_skipped": 0}
+    assert line.request({"op": "ping", "id": "alive"})["op"] == "pong"
