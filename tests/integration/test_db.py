@@ -337,6 +337,75 @@ def test_enqueue_then_record(db_sessions: sessionmaker[Session]) -> None:
     assert validate_result({**row["result"], "console": row["console"]}) == result("demo-3f2a-0001")
 
 
+WINDOW_COLUMNS = ("window_entries", "window_skipped", "window_swap_entries", "window_swap_skipped")
+
+
+def test_window_is_stored_per_trial(db_sessions: sessionmaker[Session]) -> None:
+    """A count kernel's window lands in four columns; a kernel without counters leaves NULL."""
+    window = {"entries": 37, "skipped": 5, "swap_entries": 2, "swap_skipped": 0}
+    queue(db_sessions, "w-1")
+    queue(db_sessions, "w-2")
+    assert record(db_sessions, result("w-1", window=window), verdict="clean") == (
+        RecordOutcome.UPDATED
+    )
+    assert record(db_sessions, result("w-2"), verdict="clean") == RecordOutcome.UPDATED
+    row = trial_row(db_sessions, "w-1")
+    assert tuple(row[c] for c in WINDOW_COLUMNS) == (37, 5, 2, 0)
+    assert row["result"]["window"] == window
+    plain = trial_row(db_sessions, "w-2")
+    assert tuple(plain[c] for c in WINDOW_COLUMNS) == (None,) * 4
+    assert plain["result"]["window"] is None
+    # more skipped than met is not a counter: refused before anything is written
+    for bad in (
+        {**window, "skipped": 38},
+        {**window, "swap_skipped": 3},
+        {**window, "entries": -1},
+    ):
+        queue(db_sessions, "w-3")
+        with pytest.raises(ResultError, match="window"):
+            record(db_sessions, result_dict("w-3", window=bad), verdict="clean")
+    assert trial_row(db_sessions, "w-3")["status"] == "queued"
+
+
+def test_window_migration_keeps_earlier_trials(db_url: str) -> None:
+    """0005 adds the window columns as NULL to recorded trials and drops only them again."""
+    db.upgrade(db_url, "0004")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO kernels (id, name, release, source, created_at) "
+                    "VALUES (1, 'k', '6.1', 'custom', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO trials (id, trial_id, kernel_id, token, status, outcome, "
+                    "migrate_moved, created_at) VALUES (1, 'old', 1, :token, 'done', 'ok', 99, "
+                    "CURRENT_TIMESTAMP)"
+                ),
+                {"token": TOKEN},
+            )
+        db.upgrade(db_url)
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(f"SELECT migrate_moved, {', '.join(WINDOW_COLUMNS)} FROM trials")
+            ).one()
+        assert tuple(row) == (99, None, None, None, None)
+        db.downgrade(db_url, "0004")
+        columns = {c["name"] for c in inspect(engine).get_columns("trials")}
+        assert not columns & set(WINDOW_COLUMNS)
+        assert "migrate_moved" in columns
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT trial_id, migrate_moved FROM trials")).one() == (
+                "old",
+                99,
+            )
+    finally:
+        engine.dispose()
+
+
 def test_double_delivery_is_a_duplicate_and_changes_nothing(
     db_sessions: sessionmaker[Session],
 ) -> None:

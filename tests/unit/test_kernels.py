@@ -253,8 +253,17 @@ def test_bad_build_specs() -> None:
 
 def test_repository_has_patches_for_every_series() -> None:
     for series in kernelbuild.SERIES:
-        spec = BuildSpec(series, "warn", True)
-        assert [p.parent.parent.name for p in patches_for(spec)] == ["revert-fix", "warn"]
+        for instrument in kernelbuild.INSTRUMENTS:
+            spec = BuildSpec(series, instrument, True)
+            assert [p.parent.parent.name for p in patches_for(spec)] == ["revert-fix", instrument]
+            assert spec.flags == f"{instrument}-revertfix"
+        assert BuildSpec(series, "count").patch_sets == ["count"]
+
+
+def test_count_builds_have_the_vm_event_counters() -> None:
+    """/proc/vmstat shows vm events only with CONFIG_VM_EVENT_COUNTERS (tinyconfig drops it)."""
+    for series in kernelbuild.SERIES:
+        assert kernelbuild.parse_fragment(fragments_for(series))["CONFIG_VM_EVENT_COUNTERS"] == "y"
 
 
 def test_fragment_parses_and_covers_what_the_guest_needs() -> None:

@@ -74,6 +74,7 @@ def result_dict(
     vma_rss_kb: int = 0,
     punched_kb: int = 0,
     numa_nodes: int = 2,
+    window: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """A realistic worker result (docs/protocol.md) as it arrives from the broker."""
     params = SeedToken.parse(token).params().to_dict()
@@ -119,6 +120,7 @@ def result_dict(
         "exit_code": 0,
         "elapsed_ms": 2134,
         "program": program,
+        "window": window,
         "console": "zapfarm: trial begin\n" + console + "zapfarm: trial end\n",
         "started_at": finished - 2.2,
         "finished_at": finished,
@@ -205,8 +207,14 @@ def fill(sessions: sessionmaker[Session], url: str) -> Filled:
         kernel = kernels[i % 2]
         finished = NOW - 20 * 3600 + i * 1500  # spread over the last 20 hours
         extra: dict[str, Any] = {"worker": "host-a" if i % 3 else "host-b"}
-        if kind == "warning":
+        if kind == "warning":  # a count build's window counters ride along
             extra["console"] = WARNING_ZAP
+            extra["window"] = {
+                "entries": 12 + i,
+                "skipped": 3,
+                "swap_entries": 1,
+                "swap_skipped": 0,
+            }
         elif kind == "rss":
             extra.update(console=RSS_COUNTER, punched_kb=-4)
         elif kind == "smaps":

@@ -203,9 +203,22 @@ def test_trial_page(client: TestClient, web_db: Filled) -> None:
     assert "Bad rss-counter state mm:" in trial["console"]
     smaps = client.get(f"/api/trials/{web_db.trials['nightly-0009']}").json()
     assert smaps["verdict"] == "smaps-mismatch" and smaps["oracles"]["vma_ok"] is False
+    assert trial["window"] is None and "not counted" in html
     queued = _page(client, f"/trials/{web_db.trials['nightly-q0']}")
     assert "has not finished" in queued
     assert client.get("/api/trials/999999").status_code == 404
+
+
+def test_trial_window(client: TestClient, web_db: Filled) -> None:
+    """A count kernel's window counters on the trial page and in the trial API."""
+    pk = web_db.trials["nightly-0006"]
+    trial = client.get(f"/api/trials/{pk}").json()
+    assert trial["window"] == {"entries": 18, "skipped": 3, "swap_entries": 1, "swap_skipped": 0}
+    html = _page(client, f"/trials/{pk}")
+    section = html[html.index("race window") :]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', section)[:4]
+    assert cells == ["18", "3", "1", "0"]
+    assert "not counted" not in section
 
 
 def test_campaign_page(client: TestClient) -> None:
