@@ -425,6 +425,9 @@ def check(ctx: click.Context, kernel: str, trials: int, token: str, expect_warn:
                     f", moved {migrate.get('moved')} enoent {migrate.get('enoent')} "
                     f"ebusy {migrate.get('ebusy')}, vma rss {vma.get('rss_kb')} kB"
                 )
+            window = answer.get("window")
+            if isinstance(window, dict):
+                summary += escape(", window " + " ".join(f"{k} {v}" for k, v in window.items()))
             if run.died or run.hung:
                 summary += ", guest died" if run.died else ", guest hung"
             splats = _splat_lines(run.console)
