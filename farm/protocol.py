@@ -315,6 +315,15 @@ class TrialResult(_Strict):
         return self.model_dump(mode="json")
 
 
+def window_entries(result: TrialResult) -> int:
+    """The trial's graded race signal: migration and swap entries a zap with details met.
+
+    0 when the kernel has no window counters (not a --instrument count build).
+    """
+    window = result.window
+    return window.entries + window.swap_entries if window is not None else 0
+
+
 class ResultError(ValueError):
     """A result that failed validation; the message names the field."""
 

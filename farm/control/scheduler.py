@@ -50,6 +50,7 @@ from farm.protocol import (
     kernel_queue,
     trial_message,
     validate_result,
+    window_entries,
 )
 from farm.store.models import Campaign, CampaignStatus, Kernel, Trial, TrialStatus, Worker
 from farm.store.recorder import NewTrial, enqueue_many, parse_token, record_many
@@ -74,7 +75,7 @@ _ATTEMPT_RE = re.compile(r"^(?P<trial>.+)\.r(?P<n>[1-9][0-9]{0,2})$")
 def observation_of(result: TrialResult, finding: bool) -> Observation:
     """What the search learns from a result: its finding, window signal and guest-seconds."""
     seconds = max(result.finished_at - result.started_at, 0.001)
-    return Observation(finding=finding, seconds=seconds)
+    return Observation(finding=finding, seconds=seconds, window=window_entries(result))
 
 
 def make_sampler(spec: CampaignSpec, state: dict[str, Any] | None) -> Sampler | None:

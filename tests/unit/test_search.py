@@ -309,3 +309,18 @@ def test_observation_rejects_nonsense() -> None:
         Observation(finding=False, window=-1)
     with pytest.raises(ValueError):
         Observation(finding=False, seconds=0.0)
+
+
+def test_the_search_observes_the_window_counters() -> None:
+    """A count kernel's window entries (migration + swap) reach the search; none count 0."""
+    from farm.control.scheduler import observation_of
+    from farm.protocol import TrialResult, Window
+
+    base = {
+        "trial_id": "t", "token": "zf1-8188e2f542964e0c", "kernel": "k", "worker": "w",
+        "outcome": "ok", "started_at": 100.0, "finished_at": 102.5,
+    }  # fmt: skip
+    window = Window(entries=40, skipped=0, swap_entries=2, swap_skipped=0)
+    seen = observation_of(TrialResult(**base, window=window), finding=False)
+    assert (seen.window, seen.seconds, seen.finding) == (42, 2.5, False)
+    assert observation_of(TrialResult(**base), finding=True).window == 0
