@@ -9,6 +9,7 @@ build is optional (the fixed one is the acceptance case).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -30,11 +31,8 @@ MAX_TRIALS = 6  # until the window was met; trial 1 of a boot met it on every WA
 
 def count_build(flags: str) -> KernelImage | None:
     """The newest cached 6.1 build with these flags, if any."""
-    found = [
-        k
-        for k in cached_kernels(load_settings().cache_dir)
-        if k.name.startswith(f"build-6.1-{flags}-")
-    ]
+    name = re.compile(rf"build-6\.1-{re.escape(flags)}-[0-9a-f]{{8}}")
+    found = [k for k in cached_kernels(load_settings().cache_dir) if name.fullmatch(k.name)]
     return max(found, key=lambda k: k.path.stat().st_mtime) if found else None
 
 
