@@ -141,7 +141,7 @@ def test_count_patch_applies_and_counts(
     body = zap_pte_range(files["mm/memory.c"][1])
     meet = body.index("zapfarm_kind = zapfarm_window_meet(details, entry);")
     assert body.index("entry = pte_to_swp_entry(ptent);") < meet
-    done = body.index("} while (zapfarm_window_done(&zapfarm_kind, pte, zapfarm_pte, ")
+    done = body.index("} while (zapfarm_window_done(&zapfarm_kind, details, pte,")
     if revert_fix:
         assert meet < body.index("zapfarm --revert-fix") < done
     else:
