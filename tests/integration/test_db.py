@@ -368,8 +368,8 @@ def test_window_is_stored_per_trial(db_sessions: sessionmaker[Session]) -> None:
 
 
 def test_window_migration_keeps_earlier_trials(db_url: str) -> None:
-    """0005 adds the window columns as NULL to recorded trials and drops only them again."""
-    db.upgrade(db_url, "0004")
+    """0006 adds the window columns as NULL to recorded trials and drops only them again."""
+    db.upgrade(db_url, "0005")
     engine = db.make_engine(db_url)
     try:
         with engine.begin() as conn:
@@ -393,7 +393,7 @@ def test_window_migration_keeps_earlier_trials(db_url: str) -> None:
                 text(f"SELECT migrate_moved, {', '.join(WINDOW_COLUMNS)} FROM trials")
             ).one()
         assert tuple(row) == (99, None, None, None, None)
-        db.downgrade(db_url, "0004")
+        db.downgrade(db_url, "0005")
         columns = {c["name"] for c in inspect(engine).get_columns("trials")}
         assert not columns & set(WINDOW_COLUMNS)
         assert "migrate_moved" in columns
