@@ -17,7 +17,7 @@ import pytest
 
 from farm.artifacts.guest_image import build_initramfs
 from farm.artifacts.kernels import KernelImage, cached_kernels
-from farm.protocol import TrialResult
+from farm.protocol import TrialResult, trial_message
 from farm.settings import load_settings
 from workers.connection import open_connection
 from workers.pool import GuestPool
@@ -52,12 +52,8 @@ def trials(pool: GuestPool, kernel: KernelImage) -> list[TrialResult]:
     """Trials on one boot of ``kernel`` until one met the window (at most MAX_TRIALS)."""
     results: list[TrialResult] = []
     for i in range(MAX_TRIALS):
-        message = {
-            "trial_id": f"window-{uuid.uuid4().hex[:8]}-{i}",
-            "token": TOKEN,
-            "kernel": {"name": kernel.name, "path": str(kernel.path)},
-            "deadline_s": 120,
-        }
+        trial_id = f"window-{uuid.uuid4().hex[:8]}-{i}"
+        message = trial_message(trial_id, TOKEN, kernel.name, kernel.sha256, 120)
         result = execute(pool, message, worker="window-test")
         assert result.outcome == "ok", (result.outcome, result.error, result.console[-2000:])
         assert result.window is not None, "a count build must report its window counters"
