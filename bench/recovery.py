@@ -54,11 +54,13 @@ class TimedPool(GuestPool):
 
     retired_at: float | None = None
     gaps: list[float]
+    retires: list[float]
     lives: list[Guest]
 
     def retire(self, kernel_name: str) -> None:
         self.retired_at = time.monotonic()
         super().retire(kernel_name)
+        self.retires.append(time.monotonic() - self.retired_at)
 
     def acquire(self, kernel_name: str, kernel: Path) -> tuple[Guest, bool]:
         guest, new = super().acquire(kernel_name, kernel)
@@ -83,7 +85,7 @@ def pick_kernel(name: str | None, cache_dir: Path) -> KernelImage:
 def run_mode(
     pool: TimedPool, kernel: KernelImage, tokens: list[str], every: bool
 ) -> dict[str, Any]:
-    pool.gaps, pool.lives = [], []
+    pool.gaps, pool.lives, pool.retires = [], [], []
     hits = reports = 0
     outcomes: dict[str, int] = {}
     errors: list[str] = []
@@ -122,6 +124,10 @@ def run_mode(
         else None,
         "report_to_next_trial_s": [round(g, 2) for g in pool.gaps],
         "new_lives": len(pool.lives),
+        "median_retire_s": round(statistics.median(pool.retires), 2) if pool.retires else None,
+        "median_new_life_s": round(statistics.median(g.boot_seconds for g in pool.lives), 2)
+        if pool.lives
+        else None,
     }
     if restores:
         out["median_restore_s"] = {
@@ -159,7 +165,7 @@ def main() -> None:
 
     store = SnapshotStore(Path(settings.cache_dir) / "snapshots")
     restoring = TimedPool(**common, snapshots=store)
-    restoring.gaps, restoring.lives = [], []
+    restoring.gaps, restoring.lives, restoring.retires = [], [], []
     built = time.monotonic()
     restoring.acquire(kernel.name, kernel.path)  # builds the image unless one is there
     first = restoring.lives[0]
