@@ -83,7 +83,7 @@ def pick_kernel(name: str | None, cache_dir: Path) -> KernelImage:
 
 
 def run_mode(
-    pool: TimedPool, kernel: KernelImage, tokens: list[str], every: bool
+    pool: TimedPool, kernel: KernelImage, tokens: list[str], every: bool, cache_dir: Path
 ) -> dict[str, Any]:
     pool.gaps, pool.lives, pool.retires = [], [], []
     hits = reports = 0
@@ -94,10 +94,10 @@ def run_mode(
         message = {
             "trial_id": f"recovery-{i}",
             "token": token,
-            "kernel": {"name": kernel.name, "path": str(kernel.path)},
+            "kernel": {"name": kernel.name, "sha256": kernel.sha256},
             "deadline_s": 120,
         }
-        result = execute(pool, message, worker="bench")
+        result = execute(pool, message, worker="bench", cache_dir=cache_dir)
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if result.outcome != "ok":
             errors.append(f"{result.outcome}: {(result.error or '')[:300]}")
@@ -179,8 +179,9 @@ def main() -> None:
         "wall_s": round(time.monotonic() - built, 1),
     }
     restoring.retire(kernel.name)
-    restore = run_mode(restoring, kernel, tokens, every)
-    boot = run_mode(TimedPool(**common), kernel, tokens, every)
+    cache_dir = Path(settings.cache_dir)
+    restore = run_mode(restoring, kernel, tokens, every, cache_dir)
+    boot = run_mode(TimedPool(**common), kernel, tokens, every, cache_dir)
     conn.close()
 
     ratio = (

@@ -57,7 +57,7 @@ class Pools:
         message = {
             "trial_id": f"rv-{self.count}",
             "token": token,
-            "kernel": {"name": self.kernel.name, "path": str(self.kernel.path)},
+            "kernel": {"name": self.kernel.name, "sha256": self.kernel.sha256},
             "deadline_s": 60,
         }
         result = execute(pool, message, worker="test")
