@@ -23,6 +23,13 @@
  * - The window counters of --instrument count kernels (zapfarm_* lines of
  *   /proc/vmstat) are read right before the fork and after the reap; the
  *   result carries their difference, or null when the kernel has none.
+ * - The host may restore this guest from a memory image taken right after
+ *   "ready" and start a new life with "resume": the agent marks the new life
+ *   on the console, takes the host's wall clock (the image's is stale) and
+ *   answers "resumed" with what "ready" carried. Before the image is taken
+ *   ("save") the agent starts writing a newline every BEACON_MS until its next
+ *   request: QEMU notices a newly opened pty only when the guest writes (or
+ *   after up to 1 s), so the restored life's first request gets through at once.
  *
  * Host testing: `agent --tty PATH --program PATH [--kmsg PATH|--no-kmsg]
  * [--userns-probe] [--mm-wait-ms N] [--vmstat PATH]` skips PID-1 duties
@@ -69,6 +76,7 @@
 #define HEARTBEAT_MS 2000		/* while a trial runs: "still here", with its CPU time */
 #define MM_WAIT_MS 8000			/* how long the trial's mm may outlive it (khugepaged, lazy TLB) */
 #define USERNS_LIMIT_PATH "/proc/sys/user/max_user_namespaces"
+#define BEACON_MS 20			/* see "save" in docs/protocol.md */
 #define CONSOLE_LOGLEVEL 7		/* everything but KERN_DEBUG on ttyS0 (hung-task traces are KERN_INFO) */
 
 static const char *tty_path = "/dev/ttyS1";
@@ -78,6 +86,7 @@ static const char *vmstat_path = "/proc/vmstat";
 static bool pid1;
 static int tty = -1;
 static bool tty_eof;		/* read() gave EOF or an error: the host hung up */
+static bool beacon;		/* between "save" and the next request: write a newline every BEACON_MS */
 static int sigchld_pipe[2] = { -1, -1 };
 static bool userns_wanted;	/* host mode: --userns-probe */
 static bool mm_signal;		/* the trial's user namespace tells when its mm is freed */
@@ -345,10 +354,11 @@ static void send_error(const char *id, const char *error)
 struct request {
 	char op[16];
 	char id[MAX_ID + 1];
-	bool has_op, has_id, has_argv, has_deadline;
+	bool has_op, has_id, has_argv, has_deadline, has_time;
 	char *argv[MAX_ARGS + 2];	/* [0] is the program, NULL-terminated */
 	int argc;
 	long long deadline_ms;
+	long long time_ms;	/* resume: the host's wall clock, ms since the epoch */
 	char error[128];
 };
 
@@ -490,7 +500,7 @@ static char peek(struct parser *ps)
 	return ps->p < ps->end ? *ps->p : '\0';
 }
 
-static bool parse_int(struct parser *ps, long long *value)
+static bool parse_int(struct parser *ps, const char *key, long long *value)
 {
 	bool neg = false;
 	long long v = 0;
@@ -503,11 +513,11 @@ static bool parse_int(struct parser *ps, long long *value)
 	}
 	while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
 		if (++digits > 15)
-			return fail(ps, "deadline_ms is too large");
+			return fail(ps, "%s is too large", key);
 		v = v * 10 + (*ps->p++ - '0');
 	}
 	if (!digits || (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E')))
-		return fail(ps, "deadline_ms must be an integer");
+		return fail(ps, "%s must be an integer", key);
 	*value = neg ? -v : v;
 	return true;
 }
@@ -666,8 +676,12 @@ static bool parse_request(const char *payload, size_t len, struct request *rq)
 			rq->has_argv = true;
 		} else if (ok && !strcmp(key.data, "deadline_ms")) {
 			ok = !rq->has_deadline || fail(&ps, "duplicate key \"deadline_ms\"");
-			ok = ok && parse_int(&ps, &rq->deadline_ms);
+			ok = ok && parse_int(&ps, "deadline_ms", &rq->deadline_ms);
 			rq->has_deadline = true;
+		} else if (ok && !strcmp(key.data, "time_ms")) {
+			ok = !rq->has_time || fail(&ps, "duplicate key \"time_ms\"");
+			ok = ok && parse_int(&ps, "time_ms", &rq->time_ms);
+			rq->has_time = true;
 		} else if (ok) {
 			ok = skip_value(&ps, 1);
 		}
@@ -1289,10 +1303,28 @@ static void run_trial(const struct request *rq)
 
 /* ---- the loop ------------------------------------------------------------- */
 
+static void send_ready(const char *op, const char *id);
+
+/* A new life restored from a memory image (docs/protocol.md, "Restore"). */
+static void resume(const struct request *rq)
+{
+	struct timespec ts;
+
+	kmsg("zapfarm: resume %s", rq->id);
+	if (pid1 && rq->has_time && rq->time_ms > 0) {	/* host mode: leave the clock alone */
+		ts.tv_sec = (time_t)(rq->time_ms / 1000);
+		ts.tv_nsec = (long)(rq->time_ms % 1000) * 1000000L;
+		if (clock_settime(CLOCK_REALTIME, &ts))
+			logmsg("clock_settime: %s", strerror(errno));
+	}
+	send_ready("resumed", rq->id);
+}
+
 static void handle_payload(const char *payload, size_t len)
 {
 	struct request rq = { 0 };
 
+	beacon = false;	/* the host got through: the line is connected */
 	if (!parse_request(payload, len, &rq)) {
 		send_error(rq.has_id ? rq.id : NULL, rq.error);
 	} else if (!rq.has_op) {
@@ -1307,6 +1339,17 @@ static void handle_payload(const char *payload, size_t len)
 		sb_add(&b, "}", 1);
 		send_frame(&b);
 		free(b.data);
+	} else if (!strcmp(rq.op, "resume")) {
+		resume(&rq);
+	} else if (!strcmp(rq.op, "save")) {
+		struct sbuf b = { 0 };
+
+		sb_add(&b, "{\"op\": \"saving\", \"id\": ", 23);
+		sb_json_str(&b, rq.id);
+		sb_add(&b, "}", 1);
+		send_frame(&b);
+		free(b.data);
+		beacon = true;
 	} else if (!strcmp(rq.op, "run")) {
 		if (!rq.has_argv)
 			send_error(rq.id, "run needs argv");
@@ -1560,13 +1603,20 @@ static int numa_nodes(void)
 	return count;
 }
 
-static void send_ready(void)
+/* "ready" after boot (id NULL), "resumed" after a restore (id: the host's epoch). */
+static void send_ready(const char *op, const char *id)
 {
 	struct sbuf b = { 0 };
 	struct utsname u;
 
 	uname(&u);
-	sb_add(&b, "{\"op\": \"ready\", \"agent\": 1, \"kernel\": ", 38);
+	sb_printf(&b, "{\"op\": \"%s\", ", op);
+	if (id) {
+		sb_add(&b, "\"id\": ", 6);
+		sb_json_str(&b, id);
+		sb_add(&b, ", ", 2);
+	}
+	sb_printf(&b, "\"agent\": %d, \"kernel\": ", AGENT_VERSION);
 	sb_json_str(&b, u.release);
 	sb_printf(&b, ", \"numa_nodes\": %d, \"cpus\": %ld, \"mem_kb\": %ld, \"mm_signal\": \"%s\"}",
 		  numa_nodes(), sysconf(_SC_NPROCESSORS_ONLN), mem_kb(), mm_signal ? "userns" : "cpus");
@@ -1620,7 +1670,7 @@ int main(int argc, char **argv)
 	setup_mm_signal();
 	tty = open_tty();
 	logmsg("agent %d on %s, program %s", AGENT_VERSION, tty_path, program);
-	send_ready();
+	send_ready("ready", NULL);
 
 	for (;;) {
 		struct pollfd pfd[2] = {
@@ -1635,13 +1685,17 @@ int main(int argc, char **argv)
 			sleep(1);	/* a UART does not hang up; do not spin if it does */
 			tty_eof = false;
 		}
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+		int ready = poll(pfd, 2, beacon ? BEACON_MS : -1);
+
+		if (ready < 0 && errno != EINTR)
 			die("poll: %s", strerror(errno));
-		if (pfd[1].revents) {
+		if (ready == 0 && beacon)
+			write_all(tty, "\n", 1);	/* junk between frames: the host skips it */
+		if (ready > 0 && pfd[1].revents) {
 			drain_fd(sigchld_pipe[0]);
 			reap_orphans();
 		}
-		if (pfd[0].revents)
+		if (ready > 0 && pfd[0].revents)
 			read_tty();
 	}
 }

@@ -7,6 +7,9 @@ a trial whose mm outlived the agent's wait, or every ``reboot_every`` trials.
 Before a kept guest runs the next trial, what it printed since the last
 trial's end marker is read: a report there, or a guest that died meanwhile,
 retires it, and the ``BootReport`` goes with the next trial's result.
+With a snapshot store a replaced guest is restored from a memory image of a
+freshly booted, ready guest (~0.5 s) and the pool boots only to make that
+image, or when restoring fails (the image is then discarded and made again).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,15 @@ from farm.triage.engine import parse as parse_console
 from workers.connection import open_connection
 from workers.domain import NAME_PREFIX, find_emulator
 from workers.probe import detect_virt_type
-from workers.vm import Guest, GuestConfig, GuestError
+from workers.snapshot import (
+    Slot,
+    SnapshotError,
+    SnapshotStore,
+    image_inputs,
+    image_key,
+    owner_pid,
+)
+from workers.vm import Guest, GuestConfig, GuestError, evict
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +57,10 @@ class GuestPool:
     boot_deadline_s: float = 90.0
     reboot_every: int = 50
     connect: Callable[[], libvirt.virConnect] | None = None  # reopens a connection libvirtd closed
+    snapshots: SnapshotStore | None = None  # None: every new life is a boot
     guests: dict[str, Guest] = field(default_factory=dict)
     prior_boot: BootReport | None = None  # set by acquire(): the kept guest it gave up on
+    slots: dict[str, Slot] = field(default_factory=dict)  # kernel name -> this process's slot
 
     @classmethod
     def from_settings(cls, conn: libvirt.virConnect, settings: Settings, initrd: Path) -> GuestPool:
@@ -60,6 +75,7 @@ class GuestPool:
             cpus=settings.guest_cpus,
             boot_deadline_s=settings.boot_deadline_s,
             connect=lambda: open_connection(settings.libvirt_uri),
+            snapshots=SnapshotStore(settings.cache_dir / "snapshots"),
         )
 
     def config(self, kernel_name: str, kernel: Path) -> GuestConfig:
@@ -105,12 +121,18 @@ class GuestPool:
         for guest in self.guests.values():
             guest.channel = None  # its stream died with the connection
             guest.dom = None
+            guest.destroy()  # no domain left to touch: ends a restored guest's guardian
         self.guests.clear()
         self.conn = self.connect()
         prefix = f"{NAME_PREFIX}{os.getpid()}-"
+        host = socket.gethostname()
         for dom in self.conn.listAllDomains():
             with contextlib.suppress(libvirt.libvirtError):
-                if dom.name().startswith(prefix) and dom.isActive():
+                # a booted guest has our pid in its name; a restored one (no AUTODESTROY:
+                # it outlives libvirtd's restart) only in its owner metadata
+                ours = dom.name().startswith(prefix)
+                ours = ours or owner_pid(dom.XMLDesc(), host) == os.getpid()
+                if ours and dom.isActive():
                     dom.destroy()
                     log.warning("destroyed %s, left from before libvirtd restarted", dom.name())
 
@@ -128,7 +150,7 @@ class GuestPool:
             guest = None
         if guest is not None and (report := between_trials(guest)) is not None:
             log.warning(
-                "guest %s %s after trial %s: booting afresh",
+                "guest %s %s after trial %s: replacing it",
                 guest.name,
                 "died" if report.died else "printed " + "; ".join(report.titles),
                 report.after_trial,
@@ -138,17 +160,124 @@ class GuestPool:
             guest = None
         if guest is not None:
             return guest, False
-        guest = Guest(self.conn, self.config(kernel_name, kernel))
-        guest.boot()  # GuestError propagates: the caller reports infra-error
-        log.info(
-            "booted %s (%s, %d nodes) in %.1f s",
-            guest.name,
-            guest.kernel_release,
-            guest.numa_nodes,
-            guest.boot_seconds,
-        )
+        config = self.config(kernel_name, kernel)
+        slot = self._slot(kernel_name, config) if self.snapshots is not None else None
+        guest = self._restore(slot, config) if slot is not None else None
+        if guest is None:
+            guest = self._boot(slot, config)  # GuestError propagates: the caller reports it
         self.guests[kernel_name] = guest
         return guest, True
+
+    def _boot(self, slot: Slot | None, config: GuestConfig) -> Guest:
+        """A booted guest; with a slot, saved into the slot's image and restored from it."""
+        if slot is None:
+            guest = Guest(self.conn, config)
+            guest.boot()
+            log.info(
+                "booted %s (%s, %d nodes) in %.1f s",
+                guest.name,
+                guest.kernel_release,
+                guest.numa_nodes,
+                guest.boot_seconds,
+            )
+            return guest
+        if not evict(self.conn, slot.domain_name):
+            log.warning("%s belongs to a live process: booting without an image", slot.domain_name)
+            return self._boot(None, config)
+        builder = Guest(self.conn, config, domain_name=slot.domain_name)
+        builder.boot()
+        started = time.monotonic()
+        try:
+            slot.staging.unlink(missing_ok=True)
+            builder.save(slot.staging)
+            save_seconds = time.monotonic() - started
+            slot.commit(
+                kernel_name=config.kernel_name,
+                inputs=self._inputs(config),
+                ready=builder.ready,
+                boot_seconds=builder.boot_seconds,
+                save_seconds=save_seconds,
+            )
+        except (GuestError, OSError) as exc:
+            slot.discard()
+            if builder.alive():
+                log.warning("cannot save %s, running it without an image: %s", builder.name, exc)
+                return builder
+            log.warning("cannot save %s, booting without an image: %s", builder.name, exc)
+            builder.destroy()
+            return self._boot(None, config)
+        assert self.snapshots is not None
+        for path in self.snapshots.prune(slot, config.kernel_name):
+            log.info("deleted stale guest image %s", path)
+        log.info(
+            "booted %s (%s, %d nodes) in %.1f s, saved its image in %.1f s",
+            builder.name,
+            builder.kernel_release,
+            builder.numa_nodes,
+            builder.boot_seconds,
+            save_seconds,
+        )
+        guest = self._restore(slot, config)
+        if guest is None:
+            return self._boot(None, config)
+        guest.boot_seconds += builder.boot_seconds + save_seconds  # what this life cost
+        return guest
+
+    def _restore(self, slot: Slot, config: GuestConfig) -> Guest | None:
+        """A guest restored from the slot's image, or None (no image, or it failed: discarded)."""
+        meta = slot.metadata()
+        if meta is None:
+            return None
+        if not evict(self.conn, slot.domain_name):
+            return None
+        guest = Guest(self.conn, config, domain_name=slot.domain_name)
+        try:
+            guest.restore(slot.image, expect_kernel=str(meta["ready"].get("kernel", "")))
+        except GuestError as exc:
+            log.warning("discarding guest image %s: %s", slot.image, exc)
+            slot.discard()
+            return None
+        log.info("restored %s (life %s) in %.2f s", guest.name, guest.boot_id, guest.boot_seconds)
+        return guest
+
+    def _inputs(self, config: GuestConfig) -> dict[str, object]:
+        return image_inputs(
+            self.conn,
+            kernel=config.kernel,
+            initrd=config.initrd,
+            virt_type=config.virt_type,
+            memory_mb=config.memory_mb,
+            cpus=config.cpus,
+        )
+
+    def _slot(self, kernel_name: str, config: GuestConfig) -> Slot | None:
+        """This process's image slot for the kernel's current key (None: no image used)."""
+        assert self.snapshots is not None
+        try:
+            key = image_key(self._inputs(config))
+        except (OSError, SnapshotError, libvirt.libvirtError) as exc:
+            log.warning("guest images disabled for %s: %s", kernel_name, exc)
+            return None
+        slot = self.slots.get(kernel_name)
+        if slot is not None and slot.key == key:
+            return slot
+        if slot is not None:
+            slot.release()
+            del self.slots[kernel_name]
+        try:
+            slot = self.snapshots.claim(key)
+        except (OSError, SnapshotError) as exc:
+            log.warning("guest images disabled for %s: %s", kernel_name, exc)
+            return None
+        if slot is None:
+            log.warning(
+                "all %d guest image slots of %s are in use: booting",
+                self.snapshots.max_slots,
+                kernel_name,
+            )
+            return None
+        self.slots[kernel_name] = slot
+        return slot
 
     def release(self, kernel_name: str, *, tainted: bool) -> None:
         """After a trial: keep the guest, or retire it when the next trial could not trust it."""
@@ -167,6 +296,9 @@ class GuestPool:
     def close(self) -> None:
         for name in list(self.guests):
             self.retire(name)
+        for slot in self.slots.values():
+            slot.release()
+        self.slots.clear()
 
 
 def between_trials(guest: Guest) -> BootReport | None:

@@ -1,12 +1,17 @@
 """A trial guest: boot a transient libvirt domain, run trials through its agent, destroy it.
 
-The guest is started with AUTODESTROY, so if the worker process dies its
-libvirt connection closes and libvirtd takes the guest with it. The kernel
-console (serial0) goes to a file; each trial's share of it is cut between the
-agent's ``zapfarm: trial <id> begin`` and ``end`` markers, so boot-time
-messages never belong to a trial. What comes after a trial's end marker and
-before the next trial is the boot's: ``since_last_trial`` reads it, and the
-pool reboots a guest that printed a report there.
+A booted guest is started with AUTODESTROY, so if the worker process dies its
+libvirt connection closes and libvirtd takes the guest with it. A guest can
+also start its life from a memory image (``restore``, workers/snapshot.py);
+libvirt has no AUTODESTROY for a restore, so a guardian process (``sh`` +
+``virsh``) waits on a pipe only this process holds and destroys the domain
+when the pipe closes: the same guarantee (``reap_orphans`` is the last
+resort). The kernel console (serial0) goes to a file per life; each trial's
+share of it is cut between the agent's ``zapfarm: trial <id> begin`` and
+``end`` markers, so boot-time messages never belong to a trial.
+What comes after a trial's end marker and before the next trial is the
+boot's: ``since_last_trial`` reads it, and the pool replaces a guest that
+printed a report there.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,9 +32,17 @@ from farm.protocol import begin_marker, end_marker
 from farm.timing import ANSWER_GRACE_S, KILL_WAIT_S, MARKER_WAIT_S, NO_PROGRESS_S, ProgressWatch
 from workers.channel import Channel, ChannelError
 from workers.domain import NAME_PREFIX, DomainSpec, render
+from workers.snapshot import SnapshotError, owner_pid, restore_xml, saved_name
 
 POLL_S = 1.0  # how often the wait for an answer looks at the console and the connection
 MAX_CONSOLE_READ = 4 << 20  # console bytes read per trial; the excerpt keeps 256 KiB of them
+# sh -c GUARDIAN uri domain-id owner: on EOF, destroy the domain if this owner still owns it
+GUARDIAN = (
+    'read -r _; xml=$(virsh -q -c "$0" dumpxml "$1" 2>/dev/null) || exit 0; '
+    'case "$xml" in *"<zapfarm:owner>$2</zapfarm:owner>"*) '
+    'exec virsh -q -c "$0" destroy "$1" >/dev/null 2>&1;; esac'
+)
+RESUME_DEADLINE_S = 15.0  # a restored agent answers "resume" within this, or the image is bad
 SHARED_IMAGES = Path("/var/lib/zapfarm/images")
 
 
@@ -85,12 +99,16 @@ class TrialRun:
         """The guest runs but stopped making progress: no heartbeat, no console."""
         return self.answer is None and self.stalled and self.state == DomainState.RUNNING
 
+    # host-side seconds: request sent -> answer, answer -> end marker in the file, excerpt cut
+    host_s: dict[str, float] = field(default_factory=dict)
+
 
 @dataclass
 class Guest:
     conn: libvirt.virConnect
     config: GuestConfig
-    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # this life's id
+    domain_name: str = ""  # fixed by the memory image this guest is saved to or restored from
     dom: libvirt.virDomain | None = None
     channel: Channel | None = None
     ready: dict[str, Any] = field(default_factory=dict)
@@ -99,14 +117,22 @@ class Guest:
     vm_knobs: tuple[int, str] = (100, "none")  # what the guest was booted with
     console_mark: int = 0  # console bytes that belong to the boot or a trial already cut
     last_trial: str = ""
+    restored: bool = False  # this life started from a memory image, not a boot
+    restore_phases: dict[str, float] = field(default_factory=dict)  # seconds per restore step
+    guardian: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
-        return f"{NAME_PREFIX}{os.getpid()}-{self.boot_id}"
+        return self.domain_name or f"{NAME_PREFIX}{os.getpid()}-{self.boot_id}"
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def console_log(self) -> Path:
-        return self.config.console_dir / f"{self.name}.log"
+        """One file per life, named for the owning process (workers/disk.py keeps it)."""
+        return self.config.console_dir / f"{NAME_PREFIX}{os.getpid()}-{self.boot_id}.log"
 
     @property
     def numa_nodes(self) -> int:
@@ -127,7 +153,7 @@ class Guest:
             virt_type=self.config.virt_type,
             memory_mb=self.config.memory_mb,
             cpus=self.config.cpus,
-            owner=f"{socket.gethostname()}:{os.getpid()}",
+            owner=self.owner,
         )
 
     def boot(self) -> None:
@@ -155,6 +181,108 @@ class Guest:
         self.ready = ready
         self.boot_seconds = time.monotonic() - started
         self.console_mark = self._console_size()  # boot messages are the boot's
+
+    def save(self, image: Path) -> None:
+        """Stop this ready guest into a memory image (``virDomainSave``); the domain is gone after.
+
+        Call it only between trials: the image holds the agent waiting for its next request.
+        """
+        if self.dom is None or self.channel is None:
+            raise GuestError("guest is not booted")
+        try:  # the agent beacons from now on, so a restored life connects at once
+            self.channel.send({"op": "save", "id": f"save-{self.boot_id}"})
+            answer = self.channel.receive(RESUME_DEADLINE_S, want="saving")
+        except ChannelError as exc:
+            raise GuestError(f"guest {self.name} died before its save: {exc}") from exc
+        if answer is None:
+            raise GuestError(f"guest {self.name} did not answer save")
+        self.channel.close()
+        self.channel = None
+        try:
+            self.dom.save(str(image))
+        except libvirt.libvirtError as exc:
+            raise GuestError(
+                f"cannot save guest {self.name} to {image}: {exc} (libvirtd writes it: the folder "
+                "must be writable by root and have room for the guest's memory)"
+            ) from exc
+        self.dom = None
+
+    def restore(self, image: Path, expect_kernel: str = "") -> None:
+        """Start this life from a memory image and hand the agent its new epoch.
+
+        The domain keeps the image's name and UUID; its owner, console file and
+        image paths are this life's. The agent answers "resume" with what its
+        "ready" carried (docs/protocol.md), which must name ``expect_kernel``.
+        Raises GuestError, after destroying whatever started, if any step fails.
+        """
+        self.config.console_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            saved = self.conn.saveImageGetXMLDesc(str(image), 0)
+            name = saved_name(saved)
+            if self.domain_name and name != self.domain_name:
+                raise SnapshotError(f"image {image} holds guest {name!r}, not {self.domain_name!r}")
+            self.domain_name = name
+            xml = restore_xml(
+                saved,
+                owner=self.owner,
+                console_log=self.console_log,
+                kernel=qemu_readable(self.config.kernel),
+                initrd=qemu_readable(self.config.initrd),
+            )
+            self.conn.restoreFlags(str(image), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self.dom = self.conn.lookupByName(name)
+            self._guard()
+            self.restore_phases["restore"] = time.monotonic() - started
+            self.channel = Channel(self.conn, self.dom)
+            self.channel.send(
+                {"op": "resume", "id": self.boot_id, "time_ms": int(time.time() * 1000)}
+            )
+            wait_until = time.monotonic() + RESUME_DEADLINE_S
+            while True:
+                answer = self.channel.receive(max(0.0, wait_until - time.monotonic()))
+                if answer is None or answer.get("id") == self.boot_id:
+                    break
+            if answer is not None and answer.get("op") != "resumed":
+                raise SnapshotError(f"the agent refused resume: {str(answer)[:300]}")
+        except (libvirt.libvirtError, SnapshotError, ChannelError) as exc:
+            self.destroy()
+            raise GuestError(f"cannot restore guest {self.name} from {image}: {exc}") from exc
+        if answer is None:
+            self.destroy()
+            raise GuestError(
+                f"restored guest {self.name} did not answer resume within "
+                f"{RESUME_DEADLINE_S:.0f} s{self._tail()}"
+            )
+        if expect_kernel and answer.get("kernel") != expect_kernel:
+            self.destroy()
+            raise GuestError(
+                f"image {image} runs kernel {str(answer.get('kernel'))[:100]!r}, "
+                f"not {expect_kernel!r}"
+            )
+        self.ready = answer
+        self.restored = True
+        self.boot_seconds = time.monotonic() - started
+        self.restore_phases["resume"] = self.boot_seconds - self.restore_phases["restore"]
+
+    def _guard(self) -> None:
+        """Destroy the domain when this process dies, as AUTODESTROY does for a boot.
+
+        The guardian sits in its own session (a worker's process group can be
+        SIGKILLed as a whole) and blocks reading a pipe whose write end only this
+        process holds (close-on-exec). It destroys the domain by its id, and only
+        while that domain's owner is still this process: a restarted libvirtd
+        numbers domains from 1 again, and the next life of the same image has
+        the same name and UUID but another owner.
+        """
+        assert self.dom is not None
+        self.guardian = subprocess.Popen(
+            ["sh", "-c", GUARDIAN, self.conn.getURI(), str(self.dom.ID()), self.owner],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def run(
         self,
@@ -215,6 +343,7 @@ class Guest:
         else:
             state = self.state()
             time.sleep(1.0)  # let a panic's last lines reach the file
+        marked = time.monotonic()
         size = self._console_size()
         base = offset if offset <= size else 0  # rotated by virtlogd: _read_console starts over
         data = self._read_console(offset)
@@ -226,6 +355,11 @@ class Guest:
         return TrialRun(
             answer=answer,
             console=excerpt.decode("utf-8", errors="replace"),
+            host_s={
+                "answer": now - started,
+                "marker": marked - now,
+                "excerpt": time.monotonic() - marked,
+            },
             broken=broken,
             stalled=answer is None
             and broken is None
@@ -288,6 +422,12 @@ class Guest:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and self.alive():
                     raise GuestError(f"cannot destroy guest {self.name}: {exc}") from exc
             self.dom = None
+        if self.guardian is not None:
+            self.guardian.kill()  # before it reads EOF: nothing left for it to destroy
+            self.guardian.wait()
+            if self.guardian.stdin is not None:
+                self.guardian.stdin.close()
+            self.guardian = None
 
     def apply_vm_knobs(self, cpu_quota_pct: int, vcpu_pin: str, period_us: int = 100_000) -> None:
         """A trial's VM-level timing knobs, set on the running guest (only what changed)."""
@@ -418,20 +558,23 @@ def qemu_readable(path: Path, shared: Path = SHARED_IMAGES) -> Path:
 
 
 def reap_orphans(conn: libvirt.virConnect) -> list[str]:
-    """Destroy farm guests whose owning process on this host is gone."""
+    """Destroy farm guests whose owning process on this host is gone.
+
+    The owner is the ``host:pid`` in the domain's metadata: a restored guest
+    keeps its image's name, so the name does not say who owns it.
+    """
     host = socket.gethostname()
     reaped = []
     for dom in conn.listAllDomains():
         name = dom.name()
         if not name.startswith(NAME_PREFIX):
             continue
-        pid_text = name[len(NAME_PREFIX) :].split("-", 1)[0]
         try:
             xml = dom.XMLDesc()
         except libvirt.libvirtError:
             continue
-        owner = f"<zapfarm:owner>{host}:{pid_text}</zapfarm:owner>"
-        if owner not in xml or (pid_text.isdigit() and _pid_alive(int(pid_text))):
+        pid = owner_pid(xml, host)
+        if pid is None or _pid_alive(pid):
             continue
         try:
             persistent = dom.isPersistent()
@@ -443,6 +586,28 @@ def reap_orphans(conn: libvirt.virConnect) -> list[str]:
         except libvirt.libvirtError:
             continue
     return reaped
+
+
+def evict(conn: libvirt.virConnect, name: str) -> bool:
+    """Destroy a left-over domain called ``name`` unless a live process of this host owns it.
+
+    A slot's guest name is fixed by its image, so a guest of a worker process
+    that died holding the slot (not AUTODESTROY) would block the next life.
+    Returns False when a live process other than this one owns the domain.
+    """
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return True
+    try:
+        pid = owner_pid(dom.XMLDesc(), socket.gethostname())
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            return False
+        dom.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,7 +7,8 @@ second worker for the redelivery. The faults are real:
 - SIGKILL of the pool process running a trial: Celery's parent sees the child
   die (WorkerLostError) and, with acks_late + reject_on_worker_lost, requeues
   the message at once (no visibility timeout involved); the killed process's
-  libvirt connection closes and AUTODESTROY takes its guest;
+  libvirt connection closes and AUTODESTROY takes its booted guest (a guest
+  restored from a memory image goes with its guardian, workers/vm.py);
 - a hung guest: SIGSTOP of its QEMU process mid-trial (no heartbeat, no
   console: the guest stopped making progress);
 - a slow guest: a vCPU quota of 15 % stretches a trial far past the scheduler's
@@ -49,6 +50,7 @@ from farm.settings import load_settings
 from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
 from farm.timing import NO_PROGRESS_S
 from workers.host import worker_queues
+from workers.snapshot import owner_pid
 
 pytestmark = [pytest.mark.faults, pytest.mark.vm, pytest.mark.redis]
 
@@ -153,14 +155,27 @@ class GuestFarm:
         return self.drive(self.scheduler(deadline_s), trial_id, 240)
 
     def guest_of(self, trial_id: str) -> str | None:
-        """The domain running ``trial_id``: the console that shows its begin marker."""
+        """The domain running ``trial_id``: the one whose console shows its begin marker.
+
+        A console file is per guest life (``zapfarm-<owner pid>-<life id>.log``); a
+        booted guest has the same name, a restored one its image's name.
+        """
         needle = f"zapfarm: trial {trial_id} begin".encode()
         for log in self.consoles.glob("zapfarm-*.log"):
             try:
                 if needle in log.read_bytes():
-                    return log.stem
+                    return domain_with(f"'{log}'")
             except FileNotFoundError:
                 continue
+        return None
+
+    def life_of(self, trial_id: str) -> str | None:
+        """The life id of the guest that began ``trial_id`` (from its console's name)."""
+        needle = f"zapfarm: trial {trial_id} begin".encode()
+        for log in self.consoles.glob("zapfarm-*.log"):
+            with contextlib.suppress(FileNotFoundError):
+                if needle in log.read_bytes():
+                    return log.stem.rsplit("-", 1)[1]
         return None
 
     def logs(self) -> str:
@@ -195,6 +210,43 @@ def qemu_pid(domain: str) -> int:
     return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
 
 
+def domain_xml(domain: str) -> str:
+    return subprocess.run(
+        ["virsh", "-c", "qemu:///system", "dumpxml", domain],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def domain_with(text: str) -> str | None:
+    """The running farm domain whose XML contains ``text`` (a console path), if any."""
+    names = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--name"], capture_output=True, text=True
+    ).stdout.split()
+    for name in names:
+        if name.startswith("zapfarm-"):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                if text in domain_xml(name):
+                    return name
+    return None
+
+
+def guests_of(pid: int) -> list[str]:
+    """Farm domains whose owner (in their metadata) is process ``pid`` of this host."""
+    host = socket.gethostname()
+    found = []
+    names = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True
+    ).stdout.split()
+    for name in names:
+        if name.startswith("zapfarm-"):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                if owner_pid(domain_xml(name), host) == pid:
+                    found.append(name)
+    return found
+
+
 class Trigger:
     """Fire ``action`` once, ``delay_s`` after the trial's guest shows its begin marker."""
 
@@ -206,6 +258,8 @@ class Trigger:
         self.seen_at: float | None = None
         self.fired_at: float | None = None
         self.in_flight = 0
+        self.owner: int | None = None  # the worker process that owns the guest
+        self.life: str | None = None  # the guest life's id (a restored guest keeps its name)
 
     def __call__(self) -> None:
         if self.fired_at is not None:
@@ -217,6 +271,9 @@ class Trigger:
                 self.farm.domains.add(self.domain)
             return
         assert self.seen_at is not None
+        if self.owner is None:
+            self.owner = owner_pid(domain_xml(self.domain), socket.gethostname())
+            self.life = self.farm.life_of(self.trial_id)
         if time.monotonic() - self.seen_at >= self.delay_s:
             self.in_flight = in_flight(self.farm.sessions)
             self.action(self.domain)
@@ -245,8 +302,8 @@ def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(
     trial_id = farm.submit(SLOW)
 
     def kill(domain: str) -> None:
-        pid = int(domain.split("-")[1])  # zapfarm-<pid of the pool process>-<boot id>
-        os.kill(pid, signal.SIGKILL)
+        assert trigger.owner is not None, domain
+        os.kill(trigger.owner, signal.SIGKILL)  # the pool process that owns the guest
 
     trigger = Trigger(farm, trial_id, 2.0, kill)
     try:
@@ -254,12 +311,14 @@ def test_a_worker_killed_mid_trial_is_redelivered_and_its_guest_is_gone(
     finally:
         second.stop()
     assert trigger.domain is not None and trigger.fired_at is not None
-    killed_pid = int(trigger.domain.split("-")[1])
+    killed_pid = trigger.owner
     print(f"[worker SIGKILL] killed pool process {killed_pid} running {trigger.domain}")
-    assert trigger.domain not in farm_domains(settle=0), "AUTODESTROY did not take the orphan guest"
+    assert guests_of(killed_pid) == [], (
+        "AUTODESTROY (or the guardian) did not take the orphan guest"
+    )
     assert result.outcome == "ok", (result.error, result.console[-2000:])
     assert result.worker != f"{host}:{killed_pid}", "the killed process cannot have finished it"
-    assert result.booted and result.guest is not None and result.guest.name != trigger.domain
+    assert result.booted and result.guest is not None and result.guest.boot_id != trigger.life
     assert farm.verdicts[trial_id] == "clean"
     assert runs_per_trial(w.log_file for w in farm.workers)[trial_id] == 2  # killed, then redone
     assert any("WorkerLostError" in w.log_file.read_text() for w in farm.workers), farm.logs()
@@ -294,7 +353,7 @@ def test_a_hung_guest_gets_a_hang_verdict_in_time_and_the_pool_recovers(
     assert trigger.domain not in farm_domains(settle=0)
     after = farm.run(QUICK)
     assert after.outcome == "ok" and after.booted, after.error
-    assert after.guest is not None and after.guest.name != trigger.domain
+    assert after.guest is not None and after.guest.boot_id != trigger.life
     show(farm, "guest hang", [trial_id, after.trial_id], trigger.in_flight)
 
 
@@ -329,7 +388,8 @@ def test_console_logs_are_written_by_virtlogd(farm: GuestFarm) -> None:
     """virtlogd (not QEMU) holds the console file, so its max_size/max_backups rotation applies."""
     result = farm.run(QUICK)
     assert result.outcome == "ok" and result.guest is not None, result.error
-    console = (farm.consoles / f"{result.guest.name}.log").resolve()
+    pid = result.worker.rsplit(":", 1)[1]  # the console is per life, named for its owner
+    console = (farm.consoles / f"zapfarm-{pid}-{result.guest.boot_id}.log").resolve()
 
     def holders(pid: int) -> set[str]:
         found = set()

@@ -68,6 +68,7 @@ class Line:
     junk: bytearray = field(default_factory=bytearray)
     bad_frames: list[bytes] = field(default_factory=list)
     frames: int = 0
+    blank_lines: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
@@ -100,6 +101,9 @@ class Line:
                 self._frame(line)
 
     def _frame(self, line: bytes) -> None:
+        if not line:
+            self.blank_lines += 1  # the agent's beacon after "save"
+            return
         start = line.find(b"@ZF ")
         if start != 0:
             self.junk += line
@@ -595,3 +599,39 @@ def test_window_is_null_without_valid_counters(vmstat_line: tuple[Line, Path]) -
     window = trial_window(line, vmstat, lookalike, lookalike.replace(" 5\n", " 8\n", 1))
     assert window == {"entries": 3, "skipped": 0, "swap_entries": 0, "swap_skipped": 0}
     assert line.request({"op": "ping", "id": "alive"})["op"] == "pong"
+
+
+def test_resume_starts_a_new_life(line: Line, tmp_path: Path) -> None:
+    """After a restore the host sends "resume": the agent marks it on the console and answers
+    with what "ready" carried; trials and their markers work as before."""
+    ready = line.receive()
+    answer = line.request({"op": "resume", "id": "life-2", "time_ms": 1_800_000_000_000})
+    assert answer == {**ready, "op": "resumed", "id": "life-2"}
+    assert run(line, "t-after", "echo", "still here")["output"] == "still here"
+    marks = (tmp_path / "kmsg").read_text().splitlines()
+    assert [m for m in marks if "resume" in m or "trial" in m] == [
+        "<5>zapfarm: resume life-2",
+        "<5>zapfarm: trial t-after begin",
+        "<5>zapfarm: trial t-after end",
+    ]
+    # a second resume (the next restore of the same image) is just another life
+    assert line.request({"op": "resume", "id": "life-3"})["op"] == "resumed"
+    refused = line.request({"op": "resume", "id": "life-4", "time_ms": "soon"})
+    assert refused["op"] == "error" and "time_ms must be an integer" in refused["error"]
+
+
+def test_save_starts_a_beacon_that_the_next_request_stops(line: Line) -> None:
+    """Between "save" and the next request the agent writes a newline every 20 ms (a restored
+    guest's pty is then noticed by QEMU at once); frames still parse around them."""
+    line.receive()
+    assert line.request({"op": "save", "id": "s-1"}) == {"op": "saving", "id": "s-1"}
+    time.sleep(0.5)
+    beacons = line.blank_lines
+    assert beacons >= 5, beacons
+    resumed = line.request({"op": "resume", "id": "life-2"})
+    assert resumed["op"] == "resumed"
+    time.sleep(0.3)
+    settled = line.blank_lines
+    time.sleep(0.3)
+    assert line.blank_lines == settled  # quiet again
+    assert line.request({"op": "ping", "id": "p-9"}) == {"op": "pong", "id": "p-9"}
