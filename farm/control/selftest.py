@@ -1,19 +1,30 @@
-"""The farm's controls: prove the farm detects the bug it exists for, and nothing on a fixed kernel.
+"""The farm's controls: a fair pair of kernels that differ only by the bug.
 
-- Positive control: a kernel built with the upstream fix (5abfd71d936a)
-  reverted and ``WARN_ON_ONCE(is_migration_entry(entry))`` at the skip site
-  (``farm kernels build --source 6.1 --instrument warn --revert-fix``). The
-  campaign must produce the finding ``WARNING in zap_pte_range`` (``WARNING in
-  unmap_page_range`` where the compiler inlined it).
-- Negative control: the stock Debian kernel, same budget: no finding at all.
+A control compares like with like: both kernels are built from one source with
+one instrumentation, and the only difference is ``--revert-fix`` (upstream
+5abfd71d936a reverted, so zaps with details skip swap and migration entries
+again). The same campaign (every scenario, the same budget) runs on both.
 
-A farm that has never detected a known bug proves nothing; this is its proof.
+- **PASS**: an oracle of lasting damage (counter, teardown, VMA, data) fires on
+  the reverted kernel and never on the fixed one.
+- **WINDOW ONLY**: no damage oracle separates them, but the window signal
+  does (the reverted kernel's count of skipped entries is non-zero, the fixed
+  kernel's is zero by construction). The farm says so plainly: it saw the bug's
+  mechanism, not its damage.
+- **FAIL**: anything else, including damage on the fixed kernel.
+
+Comparing a fix-reverted, WARN-instrumented kernel with a stock one (as an
+earlier selftest did) measures the instrumentation, not the bug: the WARN at
+the skip site fires on fixed kernels too.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -22,54 +33,164 @@ from sqlalchemy.orm import Session, sessionmaker
 from farm.control import campaigns
 from farm.protocol import TrialResult
 from farm.settings import Settings
-from farm.triage.verdict import FINDING_KINDS, judge
+from farm.triage.kinds import is_damage, is_run
+from farm.triage.verdict import judge
 
-# zap_pte_range() is static: where the compiler inlines it (the small builds do), the
-# WARN's RIP and so its syzkaller title name the function it was inlined into.
-EXPECTED_TITLES = frozenset({"WARNING in zap_pte_range", "WARNING in unmap_page_range"})
+# every scenario, so that whichever one can show damage is in the budget
+SCENARIOS = (
+    "shared-punch",
+    "shared-truncate",
+    "private-truncate",
+    "private-punch",
+    "swapped-private-truncate",
+    "swapped-private-punch",
+)
+_BUILD_NAME = re.compile(r"^build-(?P<series>[0-9.]+)-(?P<flags>[a-z-]+)-(?P<key>[0-9a-f]{8})$")
+
+
+class ControlError(ValueError):
+    """A control that cannot run or is not fair; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a farm-built kernel's name says of it: series, instrumentation, revert-fix."""
+
+    name: str
+    series: str
+    instrument: str | None
+    revert_fix: bool
+    patched: bool
+
+    @classmethod
+    def parse(cls, name: str) -> Build:
+        m = _BUILD_NAME.match(name)
+        if m is None:
+            raise ControlError(
+                f"{name!r} is not a farm-built kernel (build-<series>-<flags>-<key>): "
+                "a fair control needs two builds of one source, "
+                "`farm kernels build --source 6.1 --instrument count [--revert-fix]`"
+            )
+        flags = m["flags"].split("-")
+        known = {"revertfix", "patched", "plain"}
+        instrument = next((f for f in flags if f not in known), None)
+        return cls(name, m["series"], instrument, "revertfix" in flags, "patched" in flags)
+
+
+def fair_pair(positive: str, negative: str) -> tuple[Build, Build]:
+    """Check that the two kernels differ only by --revert-fix, naming the twin to build if not."""
+    pos, neg = Build.parse(positive), Build.parse(negative)
+    if not pos.revert_fix or neg.revert_fix:
+        raise ControlError(
+            f"the positive control must have the fix reverted and the negative not: "
+            f"{positive} (revert-fix {pos.revert_fix}), {negative} (revert-fix {neg.revert_fix})"
+        )
+    if (pos.series, pos.instrument, pos.patched) != (neg.series, neg.instrument, neg.patched):
+        instrument = f" --instrument {pos.instrument}" if pos.instrument else ""
+        raise ControlError(
+            f"unfair control: {positive} and {negative} differ in more than --revert-fix "
+            f"(source {pos.series} vs {neg.series}, instrumentation {pos.instrument} vs "
+            f"{neg.instrument}); build the twin with "
+            f"`farm kernels build --source {pos.series}{instrument}`"
+        )
+    return pos, neg
+
+
+def default_pair(names: list[str]) -> tuple[str, str] | None:
+    """The newest fix-reverted build that has a fair twin among ``names``, and that twin."""
+    builds = []
+    for name in names:
+        try:
+            builds.append(Build.parse(name))
+        except ControlError:
+            continue
+    for pos in reversed(builds):
+        if not pos.revert_fix:
+            continue
+        for neg in reversed(builds):
+            key = (neg.series, neg.instrument, neg.patched)
+            if not neg.revert_fix and key == (pos.series, pos.instrument, pos.patched):
+                return pos.name, neg.name
+    return None
 
 
 @dataclass
 class Control:
     kernel: str
     campaign: str
-    trials: int = 0
-    first_hit: int | None = None  # 1-based trial count when the expected finding first appeared
-    hits: int = 0
-    findings: dict[str, int] = field(default_factory=dict)
+    trials: int = 0  # runs: trials that tested the kernel
+    untested: int = 0
+    window_entries: int = 0
+    window_skipped: int = 0
+    damage: dict[str, int] = field(default_factory=dict)  # title -> trials
+    tokens: dict[str, str] = field(default_factory=dict)  # title -> first token
+    findings: dict[str, int] = field(default_factory=dict)  # every finding title -> trials
 
     def add(self, result: TrialResult, verdict: str) -> None:
-        self.trials += 1
-        if verdict not in FINDING_KINDS:
+        if not is_run(verdict):
+            self.untested += 1
             return
-        title = judge(result).title or verdict
+        self.trials += 1
+        if result.window is not None:
+            self.window_entries += result.window.entries + result.window.swap_entries
+            self.window_skipped += result.window.skipped + result.window.swap_skipped
+        judged = judge(result)
+        if not judged.is_finding:
+            return
+        title = judged.title or verdict
         self.findings[title] = self.findings.get(title, 0) + 1
-        if title in EXPECTED_TITLES:
-            self.hits += 1
-            if self.first_hit is None:
-                self.first_hit = self.trials
+        if is_damage(verdict, judged.title):
+            self.damage[title] = self.damage.get(title, 0) + 1
+            self.tokens.setdefault(title, result.token)
+
+    @property
+    def damaged(self) -> int:
+        return sum(self.damage.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kernel": self.kernel,
             "campaign": self.campaign,
             "trials": self.trials,
-            "trials_to_first_hit": self.first_hit,
-            "hits": self.hits,
-            "hit_rate": round(self.hits / self.trials, 4) if self.trials else 0.0,
+            "untested": self.untested,
+            "window_entries": self.window_entries,
+            "window_skipped": self.window_skipped,
+            "damage_trials": self.damaged,
+            "damage": [
+                {"title": t, "trials": n, "token": self.tokens[t]} for t, n in self.damage.items()
+            ],
             "findings": self.findings,
         }
 
 
-def default_positive(cache_dir: Any) -> str | None:
-    from farm.artifacts.kernels import cached_kernels
+class Outcome(StrEnum):
+    PASS = "pass"
+    WINDOW_ONLY = "window-only"
+    FAIL = "fail"
 
-    built = [k.name for k in cached_kernels(cache_dir) if "warn-revertfix" in k.name]
-    return built[-1] if built else None
 
-
-class ControlError(ValueError):
-    """A control that cannot run; the message names the fix."""
+def outcome(positive: Control, negative: Control) -> tuple[Outcome, str]:
+    """The controls' verdict and a sentence saying why."""
+    if negative.damaged:
+        return Outcome.FAIL, (
+            f"damage on the fixed kernel {negative.kernel} ({negative.damaged} trials): "
+            "either the fix is incomplete or an oracle is wrong"
+        )
+    if positive.damaged:
+        return Outcome.PASS, (
+            f"lasting damage separates them: {positive.damaged} of {positive.trials} trials "
+            f"on {positive.kernel}, 0 of {negative.trials} on {negative.kernel}"
+        )
+    if positive.window_skipped and not negative.window_skipped:
+        return Outcome.WINDOW_ONLY, (
+            f"only the window signal separates them: {positive.window_skipped} skipped entries "
+            f"on {positive.kernel}, none on {negative.kernel}; no damage oracle fired on either"
+        )
+    return Outcome.FAIL, (
+        f"nothing separates them: no damage, skipped entries {positive.window_skipped} vs "
+        f"{negative.window_skipped} (window entries {positive.window_entries} vs "
+        f"{negative.window_entries}): is {positive.kernel} a --instrument count build?"
+    )
 
 
 def run_controls(
@@ -80,8 +201,8 @@ def run_controls(
     trials: int,
     console: Console,
 ) -> tuple[Control, Control]:
-    """Run both controls with the same budget on this machine; the kernels must be known."""
-    from farm.artifacts.kernels import cached_kernels, installed_kernel
+    """Run the same campaign (every scenario, ``trials`` each kernel) on both kernels here."""
+    from farm.artifacts.kernels import cached_kernels
     from farm.control.local import run_locally
     from farm.store.db import ensure_kernel
 
@@ -90,22 +211,19 @@ def run_controls(
         positive: Control(positive, f"selftest-positive-{stamp}"),
         negative: Control(negative, f"selftest-negative-{stamp}"),
     }
-    stock = installed_kernel()
     with sessions.begin() as session:
-        ensure_kernel(
-            session, stock.name, stock.release, str(stock.path), stock.sha256, stock.source
-        )
         for k in cached_kernels(settings.cache_dir):
-            ensure_kernel(session, k.name, k.release, str(k.path), k.sha256 or None, k.source)
+            if k.name in controls:
+                ensure_kernel(session, k.name, k.release, str(k.path), k.sha256 or None, k.source)
         for control in controls.values():
             spec = campaigns.parse_spec(
                 {
                     "name": control.campaign,
                     "kernels": [control.kernel],
-                    "concurrency": 2,
+                    "concurrency": 1,
                     "budget": {"trials": trials},
-                    # the race needs pages and rounds; VM throttling only slows it down here
-                    "ranges": {"pages": [1024, 8192]},
+                    "ranges": {"pages": [256, 2048], "scenario": list(SCENARIOS)},
+                    # VM throttling only slows the race down here
                     "params": {"cpu_quota_pct": 100, "vcpu_pin": "none"},
                 },
                 "selftest",
@@ -132,6 +250,7 @@ def run_controls(
     return controls[positive], controls[negative]
 
 
-def passed(positive: Control, negative: Control) -> bool:
-    """The farm found the bug where it is, and nothing where it is not."""
-    return positive.first_hit is not None and not negative.findings
+def cached_names(cache_dir: Path) -> list[str]:
+    from farm.artifacts.kernels import cached_kernels
+
+    return [k.name for k in cached_kernels(cache_dir)]

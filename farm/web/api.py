@@ -7,7 +7,7 @@ campaigns with ``page``/``per_page``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -145,6 +145,20 @@ def get_campaign(request: Request, db: DB, name: str) -> s.CampaignDetail:
     if campaign is None:
         raise HTTPException(404, f"no campaign called {name!r}")
     return campaign
+
+
+@router.get("/evidence")
+def get_evidence(
+    db: DB, kernel: Annotated[list[str] | None, Query(description="only these kernels")] = None
+) -> list[dict[str, Any]]:
+    """Per kernel x scenario: trials, window entries, damage with tokens, 95 % bounds."""
+    from farm.control.evidence import evidence
+    from farm.web.queries.common import storable
+
+    names = [k for k in kernel or () if storable(k)]  # NUL etc. can name no kernel
+    if kernel and not names:
+        return []
+    return [row.to_json() for row in evidence(db, names)]
 
 
 @router.get("/kernels", response_model=list[s.KernelInfo])
