@@ -318,10 +318,15 @@ class TrialResult(_Strict):
 def window_entries(result: TrialResult) -> int:
     """The trial's graded race signal: migration and swap entries a zap with details met.
 
-    0 when the kernel has no window counters (not a --instrument count build).
+    The kernel's own count on --instrument count builds; on every other kernel the
+    trial program's user-space proxy (pages whose zap overlapped their raced move);
+    0 when neither is there (older programs, foreign programs).
     """
     window = result.window
-    return window.entries + window.swap_entries if window is not None else 0
+    if window is not None:
+        return window.entries + window.swap_entries
+    proxy = result.program.proxy if result.program is not None else None
+    return proxy.overlapped if proxy is not None else 0
 
 
 class ResultError(ValueError):

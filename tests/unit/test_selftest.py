@@ -88,3 +88,23 @@ def test_outcomes() -> None:
     assert outcome(_control(REVERTED), _control(FIXED))[0] is Outcome.FAIL
     result, why = outcome(_control(REVERTED, damage=5), _control(FIXED, damage=1))
     assert result is Outcome.FAIL and "damage on the fixed kernel" in why
+
+
+def test_the_search_signal_is_the_kernel_count_else_the_proxy() -> None:
+    from farm.protocol import Proxy, window_entries
+
+    base = clean_result()
+    assert base.program is not None
+    proxied = base.model_copy(
+        update={
+            "program": base.program.model_copy(
+                update={"proxy": Proxy(overlapped=12, moved=3, gone=1)}
+            )
+        }
+    )
+    assert window_entries(proxied) == 12
+    counted = proxied.model_copy(
+        update={"window": Window(entries=40, skipped=0, swap_entries=2, swap_skipped=0)}
+    )
+    assert window_entries(counted) == 42  # the kernel's own count wins
+    assert window_entries(base.model_copy(update={"program": None})) == 0
