@@ -164,7 +164,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def source(ctx: click.Context, series: str, refresh: bool) -> None:
     """Fetch Debian's linux-source-<series> tarball for builds and tests (no build)."""
-    from farm.artifacts.kernelbuild import get_source
+    from farm.artifacts.sources import get_source
 
     settings = settings_from(ctx)
     started = time.monotonic()

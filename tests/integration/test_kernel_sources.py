@@ -21,22 +21,24 @@ import pytest
 from farm.artifacts.kernelbuild import (
     INSTRUMENTS,
     PATCH_ORDER,
-    PATCHED_FILES,
-    SERIES,
     BuildSpec,
-    SourceTarball,
     apply_patches,
     build_key,
-    extract,
-    find_source,
     fragments_for,
     kconfig_symbols,
     parse_fragment,
     patches_for,
     provenance,
-    source_excerpt,
 )
 from farm.artifacts.kernels import KernelError
+from farm.artifacts.sources import (
+    PATCHED_FILES,
+    SERIES,
+    SourceTarball,
+    extract,
+    find_source,
+    source_excerpt,
+)
 from farm.settings import load_settings
 
 SERIES_LIST = sorted(SERIES, key=lambda s: tuple(int(n) for n in s.split(".")))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from farm.artifacts import kernelbuild, kernels
+from farm.artifacts import kernelbuild, kernels, sources
 from farm.artifacts.kernelbuild import BuildSpec, build_key, build_name, fragments_for, patches_for
 from farm.artifacts.kernels import KernelError
 from farm.cli.kernels import kernels as kernels_group
@@ -252,7 +252,7 @@ def test_bad_build_specs() -> None:
 
 
 def test_repository_has_patches_for_every_series() -> None:
-    for series in kernelbuild.SERIES:
+    for series in sources.SERIES:
         for instrument in kernelbuild.INSTRUMENTS:
             spec = BuildSpec(series, instrument, True)
             assert [p.parent.parent.name for p in patches_for(spec)] == ["revert-fix", instrument]
@@ -262,7 +262,7 @@ def test_repository_has_patches_for_every_series() -> None:
 
 def test_count_builds_have_the_vm_event_counters() -> None:
     """/proc/vmstat shows vm events only with CONFIG_VM_EVENT_COUNTERS (tinyconfig drops it)."""
-    for series in kernelbuild.SERIES:
+    for series in sources.SERIES:
         assert kernelbuild.parse_fragment(fragments_for(series))["CONFIG_VM_EVENT_COUNTERS"] == "y"
 
 
