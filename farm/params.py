@@ -44,6 +44,7 @@ MOVERS = ("move_pages", "mbind", "numa-balancing")
 SWAPPED_SCENARIOS = frozenset(s for s in SCENARIOS if s.startswith("swapped-"))
 
 _TOKEN_RE = re.compile(r"^zf(?P<version>\d+)-(?P<seed>[0-9a-f]{16})(?:~(?P<overrides>.*))?$")
+_INT_RE = re.compile(r"^-?\d+$")  # "--5" is a malformed value, not an integer
 _OVERRIDE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
 
 
@@ -326,7 +327,7 @@ class SeedToken:
                         f"parameter {name!r} does not exist in parameter space v{version} "
                         f"(it came with v{KNOBS[name].since}): use a zf{KNOBS[name].since} token"
                     )
-                overrides.append((name, int(raw) if raw.lstrip("-").isdigit() else raw))
+                overrides.append((name, int(raw) if _INT_RE.match(raw) else raw))
         token = cls(seed=int(m["seed"], 16), version=version, overrides=tuple(overrides))
         try:
             token.params()

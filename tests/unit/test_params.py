@@ -103,6 +103,7 @@ def test_seed_2022_preset_is_the_seed_program() -> None:
         ("zf1-8188e2f542964e0c~punch=ftruncate", "punch='ftruncate'"),
         ("zf1-8188e2f542964e0c~src_node=1,dst_node=1", "must differ"),
         ("zf1-8188e2f542964e0c~pages=<script>", "malformed override"),
+        ("zf1-8188e2f542964e0c~pages=--5", "pages='--5'"),  # was a bare ValueError
     ],
 )
 def test_bad_tokens_are_clear_errors(text: str, message: str) -> None:
