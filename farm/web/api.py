@@ -148,17 +148,14 @@ def get_campaign(request: Request, db: DB, name: str) -> s.CampaignDetail:
 
 
 @router.get("/evidence")
-def get_evidence(
-    db: DB, kernel: Annotated[list[str] | None, Query(description="only these kernels")] = None
-) -> list[dict[str, Any]]:
+def get_evidence(db: DB, kernel: str | None = None) -> list[dict[str, Any]]:
     """Per kernel x scenario: trials, window entries, damage with tokens, 95 % bounds."""
     from farm.control.evidence import evidence
     from farm.web.queries.common import storable
 
-    names = [k for k in kernel or () if storable(k)]  # NUL etc. can name no kernel
-    if kernel and not names:
+    if kernel is not None and not storable(kernel):  # NUL etc. can name no kernel
         return []
-    return [row.to_json() for row in evidence(db, names)]
+    return [row.to_json() for row in evidence(db, [kernel] if kernel else [])]
 
 
 @router.get("/kernels", response_model=list[s.KernelInfo])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -237,15 +237,16 @@ def kernels_page(request: Request, db: DB) -> HTMLResponse:
 
 
 @router.get("/evidence", response_class=HTMLResponse)
-def evidence_page(
-    request: Request, db: DB, kernel: Annotated[list[str] | None, Query()] = None
-) -> HTMLResponse:
+def evidence_page(request: Request, db: DB, kernel: str | None = None) -> HTMLResponse:
     """The farm's answer per kernel x scenario: the page to link from a mailing-list reply."""
     from farm.control.evidence import evidence
     from farm.web.queries.common import storable
 
-    names = [k for k in kernel or () if storable(k)]
-    rows = evidence(db, names) if names or not kernel else []
+    rows = (
+        []
+        if kernel is not None and not storable(kernel)
+        else evidence(db, [kernel] if kernel else [])
+    )
     return html(request, "evidence.html", {"nav": "evidence", "rows": rows})
 
 

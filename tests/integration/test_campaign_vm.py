@@ -108,6 +108,11 @@ def test_campaign_over_two_kernels_survives_a_scheduler_restart(
     with sessions() as session:
         trials = session.scalars(select(Trial).options(selectinload(Trial.kernel))).all()
         rows = [(t.trial_id, t.kernel.name, t.status, t.verdict, t.numa_nodes) for t in trials]
+        invalid = [
+            ((t.params or {}).get("scenario"), t.verdict_detail)
+            for t in trials
+            if t.verdict == "invalid"
+        ]
     assert status() == "done"
     attempts: dict[str, list[tuple]] = {}
     for row in sorted(rows, key=lambda r: split_attempt(r[0])[1]):
@@ -121,7 +126,11 @@ def test_campaign_over_two_kernels_survives_a_scheduler_restart(
     tested = [r for r in last if r[3] != "infra-error"]
     assert {n for *_, n in tested} == {2}
     verdicts = Counter(v for _, _, _, v, _ in rows)
-    assert verdicts["invalid"] == 0, verdicts
+    # random v3 seeds include swapped scenarios: invalid, with the reason, on a kernel
+    # without swap (Debian's 5.10 image ships no zram module the guest can load); any
+    # other invalid trial is a defect
+    for scenario, detail in invalid:
+        assert str(scenario).startswith("swapped-") and "swap" in (detail or ""), invalid
     # a loaded host can stretch a boot past its deadline (an infra error, retried), but
     # most trials must have tested the kernel
     assert len(tested) >= TRIALS - 3, verdicts

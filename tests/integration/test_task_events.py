@@ -66,8 +66,10 @@ def test_flower_sees_workers_and_tasks(worker: tuple[LocalWorker, str]) -> None:
     def kinds() -> list[str]:
         return [e["type"] for e in events if e.get("uuid") == task_id]
 
-    for _ in range(100):
-        if "task-succeeded" in kinds():
+    # the sender's task-sent travels on another connection than the worker's events: under
+    # load it can arrive after task-succeeded, so wait for both
+    for _ in range(300):
+        if {"task-sent", "task-succeeded"} <= set(kinds()):
             break
         stop.wait(0.1)
     stop.set()
