@@ -259,9 +259,9 @@ def _convert(where: str, key: str, typ: type, value: Any) -> Any:
     if typ is Path:
         return Path(value).expanduser().absolute()
     if key == "executor" and value not in ("libvirt", "synthetic"):
-        raise SettingsError(f"{where} is {value!r}: use \"libvirt\" or \"synthetic\"")
+        raise SettingsError(f'{where} is {value!r}: use "libvirt" or "synthetic"')
     if key == "virt_type" and value not in ("kvm", "qemu"):
-        raise SettingsError(f"{where} is {value!r}: use \"kvm\", \"qemu\" (TCG) or leave it unset")
+        raise SettingsError(f'{where} is {value!r}: use "kvm", "qemu" (TCG) or leave it unset')
     if (key.endswith("_url") or key == "result_backend") and "://" not in value:
         example = (
             "postgresql+psycopg://user@host/db" if key == "database_url" else "redis://host:6379/0"

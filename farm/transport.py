@@ -28,3 +28,25 @@ def make_app(settings: Settings, include: Sequence[str] = ()) -> Celery:
         "visibility_timeout": settings.visibility_timeout_s,
     }
     return app
+
+
+def worker_argv(
+    python: str, queues: Sequence[str], *, concurrency: int, extra: Sequence[str] = ()
+) -> list[str]:
+    """The command line of a data-plane worker (``farm worker``, and the local workers of
+    ``farm demo`` and the tests): one definition, so both run the same worker."""
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        ",".join(queues),
+        "--loglevel",
+        "INFO",
+        *extra,
+    ]

@@ -9,5 +9,7 @@ from __future__ import annotations
 
 from farm.settings import load_settings
 from farm.transport import make_app
+from workers import kernel_watch
 
 app = make_app(load_settings(), include=["workers.tasks"])
+kernel_watch.install(app)

@@ -72,9 +72,7 @@ def selftest(
         window = f"{c.window_entries} ({c.window_skipped})"
         table.add_row(label, c.kernel, str(c.trials), window, escape(damage))
     console.print(table)
-    style = {Outcome.PASS: "bold green", Outcome.WINDOW_ONLY: "bold yellow"}.get(
-        result, "bold red"
-    )
+    style = {Outcome.PASS: "bold green", Outcome.WINDOW_ONLY: "bold yellow"}.get(result, "bold red")
     console.print(f"[{style}]{result.upper()}[/]: {escape(why)}")
     if as_json:
         summary = {

@@ -9,6 +9,8 @@ import click
 
 from farm.cli.support import FarmError, err, settings_from
 
+KERNEL_SCAN_S = 10.0  # how soon a newly registered kernel is served
+
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", default=1, show_default=True, help="worker processes (guests)")
@@ -24,8 +26,11 @@ def worker(
 
     It consumes one queue per kernel it has, plus the ``.cpu`` twin when this
     host can throttle vCPUs (cgroup cpu controller); the scheduler routes
-    trials that need it there only.
+    trials that need it there only. Without ``--kernel`` it serves every kernel
+    of its cache, and takes up kernels fetched, added or built later within
+    seconds, without a restart.
     """
+    from farm.transport import worker_argv
     from workers.host import can_limit_cpu, local_kernel_names, queues_for
 
     settings = settings_from(ctx)
@@ -50,19 +55,12 @@ def worker(
         f"serving kernels: {', '.join(names)}; vCPU bandwidth control: "
         f"{'yes' if cpu else 'no (no cgroup cpu controller): trials that need it go elsewhere'}"
     )
-    argv = [
+    # serving every local kernel: take up kernels registered later (workers/kernel_watch.py)
+    scan = [] if kernels else ["--kernel-scan-s", str(KERNEL_SCAN_S)]
+    argv = worker_argv(
         sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--concurrency",
-        str(concurrency),
-        "--queues",
-        ",".join(queues_for(names, cpu_control=cpu)),
-        "--loglevel",
-        "INFO",
-        *celery_args,
-    ]
+        queues_for(names, cpu_control=cpu),
+        concurrency=concurrency,
+        extra=[*scan, *celery_args],
+    )
     os.execv(sys.executable, argv)

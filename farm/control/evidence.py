@@ -178,8 +178,7 @@ def markdown(rows: Sequence[Row], command: str) -> str:
     for r in rows:
         window = "—" if r.window is None else f"{r.window} ({r.skipped or 0})"
         damage = (
-            "<br>".join(f"{d.title} ×{d.trials}: `{d.token}`" for d in r.damage.values())
-            or "none"
+            "<br>".join(f"{d.title} ×{d.trials}: `{d.token}`" for d in r.damage.values()) or "none"
         )
         lines.append(
             f"| {r.kernel} | {r.scenario} | {r.trials} | {window} | {r.proxy} | {damage} | "

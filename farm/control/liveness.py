@@ -5,9 +5,10 @@ queues it consumes (a Celery ``active_queues`` broadcast, every
 ``HEARTBEAT_EVERY_S`` seconds) and stores the answers in the ``workers`` table:
 ``last_seen`` and ``info["queues"]``. A worker is *live* when it answered within
 ``ALIVE_AFTER``; it *serves* a kernel when it consumes that kernel's queue (or
-its ``.cpu`` twin). A worker takes only the kernels it had when it started, so a
-campaign on a kernel registered later stalls without a word; ``unserved_kernels``
-is how status, the web and the API say so.
+its ``.cpu`` twin). A worker without ``--kernel`` takes up kernels added to its
+cache within seconds (``workers/kernel_watch.py``); one started with ``--kernel``,
+or a host that lacks the kernel, leaves a campaign waiting, and
+``unserved_kernels`` is how status, the web and the API say so.
 """
 
 from __future__ import annotations

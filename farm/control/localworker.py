@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from farm.settings import WORKER_KEYS, Settings
+from farm.transport import worker_argv
 
 
 class LocalWorker:
@@ -29,13 +30,16 @@ class LocalWorker:
         concurrency: int = 1,
         log_file: Path | None = None,
         prefix: Sequence[str] = (),
+        extra: Sequence[str] = (),
     ) -> None:
-        """``prefix`` runs the worker through another command (that must exec it), e.g.
-        ``ip netns exec <ns>`` to put it on another (simulated) host."""
+        """``queue`` is one queue or several, comma-separated. ``prefix`` runs the worker
+        through another command (that must exec it), e.g. ``ip netns exec <ns>`` to put
+        it on another (simulated) host; ``extra`` are more worker options."""
         self.settings = settings
         self.queue = queue
         self.concurrency = concurrency
         self.prefix = list(prefix)
+        self.extra = list(extra)
         self.name = f"local-{uuid.uuid4().hex[:8]}@{settings.worker_name}"
         self.log_file = log_file or settings.cache_dir / "logs" / f"worker-{queue}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,23 +58,19 @@ class LocalWorker:
         self.proc = subprocess.Popen(
             [
                 *self.prefix,
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--concurrency",
-                str(self.concurrency),
-                "--queues",
-                self.queue,
-                "--hostname",
-                self.name,
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
+                *worker_argv(
+                    sys.executable,
+                    self.queue.split(","),
+                    concurrency=self.concurrency,
+                    extra=[
+                        "--hostname",
+                        self.name,
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                        *self.extra,
+                    ],
+                ),
             ],
             env=self.env(),
             stdout=log,
