@@ -12,6 +12,9 @@ QEMU under libvirt runs as ``libvirt-qemu`` and must read the image (an image
 under /root fails with "Permission denied"), so images are made world-readable;
 whether the folders above ``cache_dir`` let other users through is ``workers.vm.qemu_readable``'s
 business (it copies the image somewhere shared when they do not).
+
+The image is the same for every kernel: a kernel's own modules (zram, for swap)
+go in an archive appended per kernel (``farm.artifacts.modules.with_modules``).
 """
 
 from __future__ import annotations
@@ -27,18 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-BUILDER_VERSION = 2  # bump when the image layout below changes
+BUILDER_VERSION = 3  # bump when the image layout below changes
 GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
 SOURCES = ("agent.c", "zapmigrate.c")
 CC = "gcc"
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-s")
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("cat", "dmesg", "ls", "mount", "poweroff", "sh")
-# Kernels that build zram as a module (Debian's) get it and its dependencies from the
-# host's module trees: the agent loads /lib/modules/<uname -r>/ in zapfarm.order and puts
-# swap on zram0 (the swapped scenarios need swap). Farm-built kernels have zram built in.
-MODULE_ROOT = Path("/lib/modules")
-SWAP_MODULE = "zram"
 
 Progress = Callable[[str], None]
 
@@ -131,46 +129,6 @@ def _source(name: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ModuleSet:
-    """One kernel release's modules for the image, in load order (dependencies first)."""
-
-    release: str
-    modules: tuple[Path, ...]
-
-
-def _module_deps(tree: Path, name: str) -> list[str] | None:
-    """``name`` and its dependencies from modules.dep, dependencies first; None if absent."""
-    dep_file = tree / "modules.dep"
-    if not dep_file.is_file():
-        return None
-    deps: dict[str, list[str]] = {}
-    for line in dep_file.read_text(errors="replace").splitlines():
-        target, _, rest = line.partition(":")
-        deps[target] = rest.split()
-    wanted = next((t for t in deps if Path(t).name.split(".ko")[0] == name), None)
-    if wanted is None:
-        return None
-    # modules.dep lists a module's whole closure, deepest last: load it reversed
-    return [*reversed(deps[wanted]), wanted]
-
-
-def swap_modules(root: Path = MODULE_ROOT) -> list[ModuleSet]:
-    """zram and its dependencies for every release under ``root`` that has them uncompressed.
-
-    Compressed modules (``.ko.xz``, ``.ko.zst``) are left out: the agent loads files
-    as they are, and those kernels then report "no active swap" for the swapped
-    scenarios rather than boot with a half-loaded set.
-    """
-    found = []
-    for tree in sorted(root.glob("*")) if root.is_dir() else []:
-        names = _module_deps(tree, SWAP_MODULE)
-        if not names or not all(n.endswith(".ko") and (tree / n).is_file() for n in names):
-            continue
-        found.append(ModuleSet(tree.name, tuple(tree / n for n in names)))
-    return found
-
-
 def guest_sources_digest() -> str:
     """sha256 over the guest's C sources: names the guest programs' version in results."""
     digest = hashlib.sha256()
@@ -188,11 +146,6 @@ def image_digest() -> str:
         f"applets {' '.join(APPLETS)}",
         f"sources {guest_sources_digest()}",
         f"busybox {_sha256_file(_busybox())}",
-        *(
-            f"module {m.release} {p.name} {_sha256_file(p)}"
-            for m in swap_modules()
-            for p in m.modules
-        ),
         *(f"{key} {value}" for key, value in sorted(_toolchain().items())),
     ]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -256,27 +209,6 @@ def read_newc(data: bytes) -> list[CpioEntry]:
         pos += -pos % 4
 
 
-def _module_entries(sets: Iterable[ModuleSet]) -> list[CpioEntry]:
-    entries = []
-    for m in sets:
-        folder = f"lib/modules/{m.release}"
-        order = "".join(f"{p.name}\n" for p in m.modules).encode()
-        entries += [
-            CpioEntry(folder, stat.S_IFDIR | 0o755),
-            CpioEntry(f"{folder}/zapfarm.order", stat.S_IFREG | 0o644, order),
-            *(
-                CpioEntry(f"{folder}/{p.name}", stat.S_IFREG | 0o644, p.read_bytes())
-                for p in m.modules
-            ),
-        ]
-    if entries:
-        entries += [
-            CpioEntry("lib", stat.S_IFDIR | 0o755),
-            CpioEntry("lib/modules", stat.S_IFDIR | 0o755),
-        ]
-    return entries
-
-
 def _entries(agent: Path, zapmigrate: Path, busybox: Path) -> list[CpioEntry]:
     def directory(name: str, perm: int = 0o755) -> CpioEntry:
         return CpioEntry(name, stat.S_IFDIR | perm)
@@ -295,7 +227,6 @@ def _entries(agent: Path, zapmigrate: Path, busybox: Path) -> list[CpioEntry]:
         directory("sys"),
         directory("tmp", 0o1777),
         *(CpioEntry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in APPLETS),
-        *_module_entries(swap_modules()),
     ]
     return sorted(entries, key=lambda e: e.name)
 
