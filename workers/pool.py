@@ -10,6 +10,8 @@ retires it, and the ``BootReport`` goes with the next trial's result.
 With a snapshot store a replaced guest is restored from a memory image of a
 freshly booted, ready guest (~0.5 s) and the pool boots only to make that
 image, or when restoring fails (the image is then discarded and made again).
+Each kernel boots the base image with its own modules appended (``initrd_for``),
+and that image, not the base, is what a memory image is keyed on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import libvirt
 
+from farm.artifacts.modules import ModuleError, with_modules
 from farm.protocol import MAX_BOOT_CONSOLE_BYTES, BootReport, clip
 from farm.settings import Settings
 from farm.triage.engine import parse as parse_console
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class GuestPool:
     conn: libvirt.virConnect
-    initrd: Path
+    initrd: Path  # the base image: each kernel boots it with its modules appended (initrd_for)
     console_dir: Path
     virt_type: str | None  # None: probe KVM on the first boot (verdict cached in probe_cache)
     probe_cache: Path | None = None
@@ -84,11 +87,20 @@ class GuestPool:
             self.virt_type = self._probe(kernel_name, kernel)
         return self._config(kernel_name, kernel, self.virt_type)
 
+    def initrd_for(self, kernel: Path) -> Path:
+        """The base image with this kernel's own modules appended (farm.artifacts.modules)."""
+        try:
+            return with_modules(self.initrd, kernel)
+        except (ModuleError, OSError) as exc:
+            raise GuestError(
+                f"cannot add the modules of {kernel} to the guest image: {exc}"
+            ) from exc
+
     def _config(self, kernel_name: str, kernel: Path, virt_type: str) -> GuestConfig:
         return GuestConfig(
             kernel_name=kernel_name,
             kernel=kernel,
-            initrd=self.initrd,
+            initrd=self.initrd_for(kernel),
             console_dir=self.console_dir,
             virt_type=virt_type,
             memory_mb=self.memory_mb,

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from farm.artifacts.modules import MODULES_DIR, ModuleError, keep_modules
+
 _VMLINUZ = re.compile(r"^vmlinuz-(?P<release>\d+\.\d+\.\d+.*)$")
 
 # The Debian releases the farm can fetch kernels from, and the kernel series each ships.
@@ -631,8 +633,10 @@ def fetch_debian(
     """Download the newest Debian kernel of ``suite``/``flavour`` into the cache.
 
     Lists are refreshed every time (cheap when unchanged); the image package is
-    downloaded only when that version is not cached yet. Only boot/ of the
-    package is kept (vmlinuz, config, System.map): the guest loads no modules.
+    downloaded only when that version is not cached yet (or was cached before
+    modules were kept). Of the package, boot/ (vmlinuz, config, System.map) and
+    the swap modules (zram and its dependencies, decompressed, under
+    ``modules/<release>/``: farm.artifacts.modules) are kept.
     """
     say = progress or (lambda _msg: None)
     suite = parse_distribution(suite if ":" in suite else f"debian:{suite}")
@@ -649,6 +653,7 @@ def fetch_debian(
         manifest is not None
         and manifest.get("package") == package.name
         and manifest.get("version") == package.version
+        and "modules" in manifest  # fetched before modules were kept: fetch again
         and vmlinuz.is_file()
         and sha256_of(vmlinuz) == manifest.get("sha256")
     ):
@@ -689,6 +694,11 @@ def fetch_debian(
             src = boot / f"{extra}-{release}"
             if src.is_file():
                 place_image(src, folder, extra)
+        say(f"keeping the swap modules of {release} (depmod -b, decompress)")
+        try:
+            kept = keep_modules(tree, release, folder / MODULES_DIR)
+        except ModuleError as exc:
+            raise KernelError(f"{deb.name}: {exc}") from exc
         sha = sha256_of(vmlinuz)
         image = KernelImage(name, release, vmlinuz, sha, f"debian:{suite}")
         write_manifest(
@@ -703,6 +713,7 @@ def fetch_debian(
                 "deb_size": deb.stat().st_size,
                 "deb_sha256": sha256_of(deb),
                 "boot_protocol": info.protocol,
+                "modules": kept,  # load order; [] when zram is built in or absent
             },
         )
         downloaded = deb.stat().st_size

@@ -172,6 +172,7 @@ def reproduce_program(
     """``runs`` runs of the program on each kernel (name, image); a fresh guest after any
     finding (report, crash, hang). Hit rate and Wilson interval per kernel, as for tokens."""
     from farm.artifacts.guest_image import with_program
+    from farm.artifacts.modules import with_modules
     from workers.connection import open_connection
     from workers.trial import _guest_info as guest_info  # the worker's own GuestInfo
     from workers.vm import Guest, GuestConfig, GuestError
@@ -183,8 +184,9 @@ def reproduce_program(
     conn = open_connection(libvirt_uri)
     try:
         for kernel_name, image in kernels:
-            config = GuestConfig(kernel_name, image, initrd, cache_dir / "consoles", virt_type,
-                                 memory_mb, cpus, boot_deadline_s)  # fmt: skip
+            config = GuestConfig(kernel_name, image, with_modules(initrd, image),  # its modules
+                                 cache_dir / "consoles", virt_type, memory_mb, cpus,
+                                 boot_deadline_s)  # fmt: skip
             guest: Guest | None = None
             for i in range(runs):
                 trial_id = f"{name}-{kernel_name[:60]}-{i}"
