@@ -19,8 +19,9 @@ say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { (cd / && as_root runuser -u postgres -- "$@"); }
 
+# kmod (depmod -b) and zstd: the zram modules of fetched Debian kernels (farm/artifacts/modules.py)
 pkgs_worker="qemu-system-x86 libvirt-daemon-system libvirt-dev pkg-config gcc libc6-dev \
-busybox-static cpio gzip linux-image-amd64 python3 python3-venv python3-dev libnuma-dev"
+busybox-static cpio gzip kmod zstd linux-image-amd64 python3 python3-venv python3-dev libnuma-dev"
 pkgs_demo="$pkgs_worker redis-server"
 pkgs_build="make flex bison bc patch xz-utils perl libelf-dev linux-source-6.1"
 pkgs_test="$pkgs_demo postgresql chromium $pkgs_build"
