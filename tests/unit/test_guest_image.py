@@ -39,20 +39,18 @@ def test_image_contents(built: tuple[Path, Path, list[str]]) -> None:
     assert any("compiling" in m for m in messages)
     entries = entries_of(image)
     applets = {f"bin/{a}" for a in ("sh", "mount", "cat", "ls", "dmesg", "poweroff")}
-    modules = {
-        name
-        for m in guest_image.swap_modules()
-        for name in (
-            f"lib/modules/{m.release}",
-            f"lib/modules/{m.release}/zapfarm.order",
-            *(f"lib/modules/{m.release}/{p.name}" for p in m.modules),
-        )
-    }
     assert set(entries) == {
-        "init", "bin", "bin/busybox", "bin/zapmigrate", "dev", "dev/console",
-        "proc", "sys", "tmp", *applets,
-        *(("lib", "lib/modules", *modules) if modules else ()),
-    }  # fmt: skip
+        "init",
+        "bin",
+        "bin/busybox",
+        "bin/zapmigrate",
+        "dev",
+        "dev/console",
+        "proc",
+        "sys",
+        "tmp",
+        *applets,
+    }  # fmt: skip  (no lib/modules: each kernel's modules are appended per kernel)
     assert list(entries) == sorted(entries)  # sorted: reproducible and parents first
     for name in ("init", "bin/zapmigrate", "bin/busybox"):
         entry = entries[name]
@@ -136,29 +134,6 @@ def test_missing_compiler_names_the_package(
     monkeypatch.setattr(guest_image, "CC", "zapfarm-no-such-cc")
     with pytest.raises(guest_image.GuestImageError, match="apt-get install gcc"):
         build_initramfs(tmp_path)
-
-
-def test_swap_modules_come_in_load_order_and_compressed_trees_are_skipped(tmp_path: Path) -> None:
-    plain = tmp_path / "6.1.0-9-amd64"
-    for name in ("kernel/mm/zsmalloc.ko", "kernel/drivers/block/zram/zram.ko"):
-        (plain / name).parent.mkdir(parents=True, exist_ok=True)
-        (plain / name).write_bytes(b"\x7fELF" + name.encode())
-    (plain / "modules.dep").write_text(
-        "kernel/mm/zsmalloc.ko:\nkernel/drivers/block/zram/zram.ko: kernel/mm/zsmalloc.ko\n"
-    )
-    packed = tmp_path / "6.12.0-1-amd64"
-    (packed / "kernel/drivers/block/zram").mkdir(parents=True)
-    (packed / "kernel/drivers/block/zram/zram.ko.xz").write_bytes(b"xz")
-    (packed / "modules.dep").write_text("kernel/drivers/block/zram/zram.ko.xz:\n")
-    (tmp_path / "no-zram").mkdir()
-    (tmp_path / "no-zram" / "modules.dep").write_text("kernel/fs/ext4/ext4.ko:\n")
-    sets = guest_image.swap_modules(tmp_path)
-    assert [(m.release, [p.name for p in m.modules]) for m in sets] == [
-        ("6.1.0-9-amd64", ["zsmalloc.ko", "zram.ko"])
-    ]
-    entries = {e.name: e for e in guest_image._module_entries(sets)}
-    assert entries["lib/modules/6.1.0-9-amd64/zapfarm.order"].data == b"zsmalloc.ko\nzram.ko\n"
-    assert entries["lib/modules/6.1.0-9-amd64/zram.ko"].data.startswith(b"\x7fELF")
 
 
 def gzip_members(data: bytes) -> list[bytes]:
