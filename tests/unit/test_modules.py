@@ -123,7 +123,7 @@ def test_keep_modules_writes_nothing_when_zram_is_built_in(tmp_path: Path) -> No
     dest = tmp_path / "modules"
     assert modules.keep_modules(tmp_path / "pkg", "5.10.0-1-amd64", dest) == []
     assert not dest.exists()
-    with pytest.raises(ModuleError, match="no lib/modules/6.1.0-9-amd64"):
+    with pytest.raises(ModuleError, match=r"no lib/modules/6\.1\.0-9-amd64"):
         modules.keep_modules(tmp_path / "pkg", "6.1.0-9-amd64", dest)
 
 
@@ -142,10 +142,8 @@ def fetched_kernel(tmp_path: Path, release: str = "5.10.0-46-amd64") -> Path:
 def test_kernel_modules_of_fetched_installed_and_built_kernels(tmp_path: Path) -> None:
     kernel = fetched_kernel(tmp_path)
     found = modules.kernel_modules(kernel, host_modules=tmp_path / "none")
-    assert found == ModuleSet(
-        "5.10.0-46-amd64",
-        (kernel.parent / "modules/5.10.0-46-amd64/zsmalloc.ko", kernel.parent / "modules/5.10.0-46-amd64/zram.ko"),
-    )  # fmt: skip
+    kept = kernel.parent / "modules/5.10.0-46-amd64"
+    assert found == ModuleSet("5.10.0-46-amd64", (kept / "zsmalloc.ko", kept / "zram.ko"))
     host = tmp_path / "lib-modules"
     tree = host / "6.1.0-9-amd64"
     (tree / "kernel/mm").mkdir(parents=True)
