@@ -1449,9 +1449,9 @@ static void write_file(const char *path, const char *text)
 
 /*
  * Modules for this kernel: /lib/modules/<release>/zapfarm.order names .ko files
- * of that folder in load order (farm/artifacts/guest_image.py puts zram and its
- * dependencies there for kernels that build them as modules). An image may
- * carry several releases: only the running kernel's are loaded.
+ * of that folder in load order (farm/artifacts/modules.py appends an archive of
+ * zram and its dependencies, per kernel, for kernels that build them as
+ * modules). Only the running kernel's folder is read.
  */
 static void load_modules(void)
 {
