@@ -214,3 +214,23 @@ def test_with_modules_is_cached_and_rebuilt_when_base_or_modules_change(tmp_path
     bare.parent.mkdir(parents=True)
     bare.write_bytes(b"bzImage")
     assert modules.with_modules(base, bare) == base  # no modules: the base as it is
+
+
+def test_the_pool_boots_each_kernel_with_its_own_image(tmp_path: Path) -> None:
+    """The initrd in a kernel's GuestConfig is what it boots and what its memory image is
+    keyed on (workers/snapshot.py hashes config.initrd)."""
+    from workers.pool import GuestPool
+    from workers.vm import GuestError
+
+    base = base_image(tmp_path)
+    pool = GuestPool(conn=None, initrd=base, console_dir=tmp_path, virt_type="qemu")  # type: ignore[arg-type]
+    fetched = fetched_kernel(tmp_path)
+    config = pool.config("debian-bullseye-5.10.0-46-amd64", fetched)
+    assert config.initrd == modules.with_modules(base, fetched) != base
+    built = tmp_path / "kernels" / "build-6.1-plain-0123abcd" / "bzImage"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"bzImage")
+    assert pool.config("build-6.1-plain-0123abcd", built).initrd == base
+    (fetched.parent / "modules/5.10.0-46-amd64/zram.ko").unlink()
+    with pytest.raises(GuestError, match="cannot add the modules"):
+        pool.config("debian-bullseye-5.10.0-46-amd64", fetched)
