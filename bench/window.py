@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import sys
 import time
 import uuid
@@ -49,9 +50,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from farm.artifacts.guest_image import build_initramfs
 from farm.artifacts.kernels import KernelImage, cached_kernels
 from farm.control import campaigns
+from farm.control.campaigns import CampaignSpec
 from farm.control.local import check_hypervisor, run_locally
+from farm.control.scheduler import make_sampler
 from farm.control.selftest import Build, ControlError
-from farm.protocol import TrialResult, guest_seconds, window_entries
+from farm.protocol import MessageError, TrialResult, guest_seconds, trial_message, window_entries
 from farm.settings import Settings, load_settings
 from farm.store import signal
 from farm.store.db import ensure_kernel, make_engine, session_factory, upgrade
@@ -238,32 +241,48 @@ class Live:
         return f"{arms} · {left:.0f}s left · {result.trial_id}: {verdict}"
 
 
+def specs(kernel: str, budget_s: float, stamp: str) -> dict[str, CampaignSpec]:
+    """Each arm's campaign, checked to make trials the wire carries before any guest boots."""
+    out = {}
+    for arm, extra in ARMS.items():
+        spec = campaigns.parse_spec(
+            {
+                "name": f"window-{arm.replace('_', '-')}-{stamp}",
+                "kernels": [kernel],
+                "concurrency": 1,
+                "budget": {"hours": budget_s / 3600},
+                **extra,
+            },
+            f"{arm} arm",
+        )
+        sampler = make_sampler(spec, None)
+        token = str(sampler.propose(random.Random(0)) if sampler else spec.base_token(0))
+        try:
+            trial_message(f"{spec.name}-000000", token, kernel, None, 60.0)
+        except MessageError as exc:
+            raise SystemExit(f"the {arm} arm cannot run: its trial {token!r} fails the wire "
+                             f"contract (farm/protocol.py): {exc}") from exc  # fmt: skip
+        out[arm] = spec
+    return out
+
+
 def run(
     settings: Settings, kernel: KernelImage, budget_s: float, console: Console
 ) -> dict[str, Any]:
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    arms = specs(kernel.name, budget_s, stamp)
     with console.status("setting up: libvirtd, guest image, database, kernel"):
         check_hypervisor(settings)
         build_initramfs(settings.cache_dir)
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         sessions: sessionmaker[Session] = session_factory(engine)
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        names = {f"window-{arm.replace('_', '-')}-{stamp}": arm for arm in ARMS}
+        names = {spec.name: arm for arm, spec in arms.items()}
         with sessions.begin() as session:
             ensure_kernel(
                 session, kernel.name, kernel.release, str(kernel.path), kernel.sha256, kernel.source
             )
-            for name, arm in names.items():
-                spec = campaigns.parse_spec(
-                    {
-                        "name": name,
-                        "kernels": [kernel.name],
-                        "concurrency": 1,
-                        "budget": {"hours": budget_s / 3600},
-                        **ARMS[arm],
-                    },
-                    f"{arm} arm",
-                )
+            for spec in arms.values():  # one transaction: one start, the same budget
                 campaigns.transition(campaigns.create(session, spec), "running")
     started = time.monotonic()
     live = Live(names, started, budget_s)
@@ -293,17 +312,17 @@ def run(
     )
     wall = time.monotonic() - started
     with sessions() as session:
-        arms = {arm: arm_summary(session, name) for name, arm in names.items()}
+        summaries = {arm: arm_summary(session, name) for name, arm in names.items()}
         pairs = proxy_pairs(session, list(names))
     engine.dispose()
-    rate = {arm: a["entries_per_guest_hour"] for arm, a in arms.items()}
+    rate = {arm: a["entries_per_guest_hour"] for arm, a in summaries.items()}
     return {
         "bench": "window",
         "kernel": kernel.name,
         "budget_s": budget_s,
         "wall_s": round(wall, 1),
         "database_url": settings.database_url,
-        "arms": arms,
+        "arms": summaries,
         "ratios": {
             "guided_over_uniform": ratio(rate["guided"], rate["uniform"]),
             "guided_over_seed_2022": ratio(rate["guided"], rate["seed_2022"]),
