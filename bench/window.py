@@ -8,6 +8,7 @@ counts the entries (/proc/vmstat ``zapfarm_*``, docs/kernels.md), so the search'
 objective is measured, not its user-space proxy. Not a timed test.
 
     .venv/bin/python bench/window.py [--budget-s 600] [--kernel NAME] [--database-url URL]
+                                     [--arms seed_2022,uniform,guided]
 
 Three real farm campaigns run at once, as ``farm demo`` runs one: SQLite (a
 fresh file under the cache's bench/ folder unless ``--database-url``), a
@@ -24,7 +25,9 @@ window entries and entries per guest-hour, all as the search counts them
 (farm.store.signal), and findings. Plus guided/uniform and guided/seed_2022
 ratios, and how well the program's proxy tracks the kernel's count over every
 trial (Pearson and Spearman). ``--kernel`` defaults to the newest fixed 6.1
-count build in the cache (``farm kernels list``).
+count build in the cache (``farm kernels list``). Each arm's first trial is
+checked against the wire contract before anything boots; ``--arms`` leaves
+out an arm that cannot run.
 """
 
 from __future__ import annotations
@@ -241,10 +244,13 @@ class Live:
         return f"{arms} · {left:.0f}s left · {result.trial_id}: {verdict}"
 
 
-def specs(kernel: str, budget_s: float, stamp: str) -> dict[str, CampaignSpec]:
+def specs(
+    kernel: str, budget_s: float, stamp: str, arms: Sequence[str] = tuple(ARMS)
+) -> dict[str, CampaignSpec]:
     """Each arm's campaign, checked to make trials the wire carries before any guest boots."""
     out = {}
-    for arm, extra in ARMS.items():
+    for arm in arms:
+        extra = ARMS[arm]
         spec = campaigns.parse_spec(
             {
                 "name": f"window-{arm.replace('_', '-')}-{stamp}",
@@ -260,17 +266,22 @@ def specs(kernel: str, budget_s: float, stamp: str) -> dict[str, CampaignSpec]:
         try:
             trial_message(f"{spec.name}-000000", token, kernel, None, 60.0)
         except MessageError as exc:
+            others = ",".join(a for a in arms if a != arm)
             raise SystemExit(f"the {arm} arm cannot run: its trial {token!r} fails the wire "
-                             f"contract (farm/protocol.py): {exc}") from exc  # fmt: skip
+                             f"contract (farm/protocol.py): {exc}; run the others with "
+                             f"--arms {others}") from exc  # fmt: skip
         out[arm] = spec
     return out
 
 
 def run(
-    settings: Settings, kernel: KernelImage, budget_s: float, console: Console
+    settings: Settings,
+    kernel: KernelImage,
+    arms: dict[str, CampaignSpec],
+    budget_s: float,
+    console: Console,
 ) -> dict[str, Any]:
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    arms = specs(kernel.name, budget_s, stamp)
+    """Start the arms' campaigns at once, run them to their budget, count what they did."""
     with console.status("setting up: libvirtd, guest image, database, kernel"):
         check_hypervisor(settings)
         build_initramfs(settings.cache_dir)
@@ -324,8 +335,8 @@ def run(
         "database_url": settings.database_url,
         "arms": summaries,
         "ratios": {
-            "guided_over_uniform": ratio(rate["guided"], rate["uniform"]),
-            "guided_over_seed_2022": ratio(rate["guided"], rate["seed_2022"]),
+            "guided_over_uniform": ratio(rate.get("guided"), rate.get("uniform")),
+            "guided_over_seed_2022": ratio(rate.get("guided"), rate.get("seed_2022")),
         },
         "proxy_vs_count": agreement(pairs),
     }
@@ -342,13 +353,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--kernel", help=f"a fixed {SERIES} count build of the cache; default: the newest"
     )
     parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, of {', '.join(ARMS)} (default: all)",
+    )
+    parser.add_argument(
         "--database-url", help="default: a fresh SQLite file under the cache's bench/ folder"
     )
     args = parser.parse_args(argv)
     if not args.budget_s > 0 or math.isinf(args.budget_s):
         parser.error(f"--budget-s must be a positive number of seconds, not {args.budget_s}")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
+        parser.error(f"--arms takes distinct names of {', '.join(ARMS)}, not {args.arms!r}")
     settings = load_settings()
     kernel = count_build(settings.cache_dir, args.kernel)
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    arm_specs = specs(kernel.name, args.budget_s, stamp, arms)
     url = args.database_url
     if url is None:
         folder = settings.cache_dir / "bench"
@@ -356,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         url = f"sqlite:///{folder / time.strftime('window-%Y%m%d-%H%M%S.sqlite')}"
     settings = dataclasses.replace(settings, database_url=url)
     console = Console(stderr=True)  # stdout is the JSON
-    print(json.dumps(run(settings, kernel, args.budget_s, console), indent=1))
+    print(json.dumps(run(settings, kernel, arm_specs, args.budget_s, console), indent=1))
 
 
 if __name__ == "__main__":
