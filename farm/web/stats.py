@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -201,7 +202,8 @@ def param_rates(tallies: Iterable[Tally]) -> list[s.ParamRates]:
         ints = [(_as_int(v), sums) for v, sums in values]
         bins: list[s.ParamBin] = []
         if name not in _CATEGORIES and all(i is not None for i, _ in ints):
-            numeric = sorted(((int(i), sums) for i, sums in ints if i is not None), key=_first)
+            numeric = [(int(i), sums) for i, sums in ints if i is not None]
+            numeric.sort(key=itemgetter(0))
             distinct_values = [v for v, _ in numeric]
             if len(distinct_values) <= 12:
                 ranges = [(v, v) for v in distinct_values]
@@ -222,10 +224,6 @@ def param_rates(tallies: Iterable[Tally]) -> list[s.ParamRates]:
             bins = [_param_bin(v, merged[v]) for v in order]
         out.append(s.ParamRates(name=name, help=help_, bins=bins))
     return out
-
-
-def _first(pair: tuple[int, Any]) -> int:
-    return pair[0]
 
 
 def _add(into: list[float], sums: Sequence[float]) -> None:
