@@ -329,6 +329,14 @@ def window_entries(result: TrialResult) -> int:
     return proxy.overlapped if proxy is not None else 0
 
 
+MIN_GUEST_SECONDS = 0.001  # a trial never costs nothing: rates per guest-second stay finite
+
+
+def guest_seconds(result: TrialResult) -> float:
+    """What a trial cost: its wall time on the guest slot (the search's cost, docs/search.md)."""
+    return max(result.finished_at - result.started_at, MIN_GUEST_SECONDS)
+
+
 class ResultError(ValueError):
     """A result that failed validation; the message names the field."""
 

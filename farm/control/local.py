@@ -7,6 +7,7 @@ the campaign to them).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -33,14 +34,16 @@ def run_locally(
     settings: Settings,
     sessions: sessionmaker[Session],
     kernels: list[str],
-    trials: int,
+    trials: int | None,
     console: Console,
     *,
     label: str = "trials",
     on_record: Callable[[TrialResult, str], None] = lambda r, v: None,
     stop_early: Callable[[], bool] = lambda: False,
+    describe: Callable[[TrialResult, str], str] = lambda r, v: f"{r.trial_id}: {v}",
 ) -> list[tuple[TrialResult, str]]:
-    """Schedule running campaigns with a worker started here until ``trials`` are recorded."""
+    """Schedule running campaigns with a worker started here until ``trials`` are recorded
+    (None: until ``stop_early``, e.g. a wall budget); ``describe`` is the progress line."""
     app = make_app(settings)
     recorded: list[tuple[TrialResult, str]] = []
     with local_redis(settings.broker_url), LocalWorker(settings, worker_queues(kernels)) as worker:
@@ -56,8 +59,8 @@ def run_locally(
 
             def record(result: TrialResult, verdict: str) -> None:
                 recorded.append((result, verdict))
-                progress.update(bar, advance=1, description=f"{result.trial_id}: {verdict}")
                 on_record(result, verdict)
+                progress.update(bar, advance=1, description=describe(result, verdict))
 
             scheduler = Scheduler(
                 app,
@@ -67,10 +70,14 @@ def run_locally(
                 boot_s=settings.boot_deadline_s,
                 on_record=record,
             )
-            give_up = time.monotonic() + trials * (settings.trial_deadline_s + 60) + 300
+            give_up = (
+                time.monotonic() + trials * (settings.trial_deadline_s + 60) + 300
+                if trials is not None
+                else math.inf
+            )
 
             def finished() -> bool:
-                if len(recorded) >= trials or stop_early():
+                if (trials is not None and len(recorded) >= trials) or stop_early():
                     return True
                 if not worker.alive():
                     raise RuntimeError(f"the local worker died:\n{worker.log_tail()}")

@@ -47,6 +47,7 @@ from farm.protocol import (
     BATCH_TASK,
     ResultError,
     TrialResult,
+    guest_seconds,
     kernel_queue,
     trial_message,
     validate_result,
@@ -74,8 +75,9 @@ _ATTEMPT_RE = re.compile(r"^(?P<trial>.+)\.r(?P<n>[1-9][0-9]{0,2})$")
 
 def observation_of(result: TrialResult, finding: bool) -> Observation:
     """What the search learns from a result: its finding, window signal and guest-seconds."""
-    seconds = max(result.finished_at - result.started_at, 0.001)
-    return Observation(finding=finding, seconds=seconds, window=window_entries(result))
+    return Observation(
+        finding=finding, seconds=guest_seconds(result), window=window_entries(result)
+    )
 
 
 def make_sampler(spec: CampaignSpec, state: dict[str, Any] | None) -> Sampler | None:

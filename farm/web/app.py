@@ -105,6 +105,11 @@ def rate_rows(rates: ParamRates) -> list[tuple[str, int, int]]:
     return [(b.label, b.anomalies, b.trials) for b in rates.bins]
 
 
+def window_rows(rates: ParamRates) -> list[tuple[str, int, float]]:
+    """(label, window entries, guest-seconds) per bin, as charts.window_bars takes them."""
+    return [(b.label, b.window_entries, b.guest_seconds) for b in rates.bins]
+
+
 def make_templates() -> Jinja2Templates:
     """Jinja2 with autoescape always on and the filters guest text needs."""
     env = Environment(
@@ -125,9 +130,11 @@ def make_templates() -> Jinja2Templates:
     env.globals.update(
         stacked_bars=charts.stacked_bars,
         rate_bars=charts.rate_bars,
+        window_bars=charts.window_bars,
         query=_query_string,
         series_labels=series_labels,
         rate_rows=rate_rows,
+        window_rows=window_rows,
         provenance_summary=provenance_summary,
     )
     return Jinja2Templates(env=env)

@@ -1,11 +1,12 @@
 """Charts as inline SVG, drawn on the server.
 
 Why not a JavaScript chart library: the Content-Security-Policy forbids inline
-scripts, the pages must work without JavaScript, and two chart shapes
-(stacked bars over time, rates per parameter bin with confidence whiskers)
-are a few dozen lines of SVG. Colours come from CSS classes (``s-<series>``),
-so the SVG carries no style attributes for the CSP to refuse. Every label is
-escaped: parameter values and verdict names end up here.
+scripts, the pages must work without JavaScript, and the chart shapes
+(stacked bars over time, rates per parameter bin with confidence whiskers,
+window entries per guest-second per bin) are a few dozen lines of SVG.
+Colours come from CSS classes (``s-<series>``), so the SVG carries no style
+attributes for the CSP to refuse. Every label is escaped: parameter values and
+verdict names end up here.
 """
 
 from __future__ import annotations
@@ -164,6 +165,41 @@ def rate_bars(
         out.append(
             f'<text class="n{"" if inside else " out"}" x="{cx:.1f}" y="{_TOP + plot_h - 3:.1f}" '
             f'text-anchor="middle">{n}</text>'
+        )
+    out += _x_labels([label for label, _, _ in bins], step, height, most=16)
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def window_bars(
+    bins: Sequence[tuple[str, int, float]], *, title: str, width: int = 400, height: int = 170
+) -> Markup:
+    """Window entries per guest-second per parameter bin (label, entries, guest-seconds).
+
+    The search's objective (docs/search.md), so a knob's chart shows where it
+    looks; the number in each bar is its window entries.
+    """
+    if not bins:
+        return Markup('<p class="empty">no data yet</p>')
+    rates = [entries / seconds if seconds > 0 else 0.0 for _, entries, seconds in bins]
+    top = _nice_max(max(rates))
+    plot_h = height - _TOP - _BOTTOM
+    step = (width - _LEFT - _RIGHT) / len(bins)
+    bar_w = max(1.0, step * 0.7)
+    out = _frame(title, top, False, width, height)
+    for i, ((label, entries, seconds), rate) in enumerate(zip(bins, rates, strict=True)):
+        x = _LEFT + step * i + (step - bar_w) / 2
+        y_rate = _TOP + plot_h * (1 - rate / top)
+        tip = escape(f"{label}: {entries} window entries in {seconds:.4g} guest-s = {rate:.4g}/s")
+        out.append(
+            f'<rect class="bar s-window" x="{x:.1f}" y="{y_rate:.1f}" width="{bar_w:.1f}" '
+            f'height="{max(_TOP + plot_h - y_rate, 0.5):.1f}"><title>{tip}</title></rect>'
+        )
+        inside = _TOP + plot_h - y_rate >= 14
+        count = escape(_fmt(entries, False))
+        out.append(
+            f'<text class="n{"" if inside else " out"}" x="{x + bar_w / 2:.1f}" '
+            f'y="{_TOP + plot_h - 3:.1f}" text-anchor="middle">{count}</text>'
         )
     out += _x_labels([label for label, _, _ in bins], step, height, most=16)
     out.append("</svg>")

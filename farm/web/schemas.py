@@ -207,6 +207,19 @@ class ParamBin(_Out):
     label: str
     trials: int  # trials that tested something (clean or a finding kind)
     anomalies: int
+    window_entries: int = Field(
+        0,
+        description="the bin's trials' race-window signal, the search's (docs/search.md): "
+        "in-kernel counts on --instrument count kernels, else the program's proxy",
+    )
+    guest_seconds: float = Field(0.0, description="the bin's trials' cost in guest time")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="window entries per guest-second; null: no guest time in the bin"
+    )
+    @property
+    def window_per_s(self) -> float | None:
+        return self.window_entries / self.guest_seconds if self.guest_seconds > 0 else None
 
 
 class ParamRates(_Out):
@@ -262,6 +275,11 @@ class CampaignDetail(CampaignSummary):
     series: Series
     param_rates: list[ParamRates]
     param_sample: int  # trials the parameter plots are drawn from (the latest ones)
+    param_window_entries: int = Field(
+        0,
+        description="window entries of the sampled trials; 0: the campaign's trials have "
+        "no window signal and the page shows no window charts",
+    )
     findings: list[CampaignFinding]
     actions: list[str]  # what the state machine allows next
     stats_max_age_s: float  # aggregates are recounted after this many seconds (cache)

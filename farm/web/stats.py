@@ -1,4 +1,4 @@
-"""Statistics over trials: verdicts over time, verdict counts and anomaly rate per knob.
+"""Statistics over trials: verdicts over time, verdict counts, anomaly and window rate per knob.
 
 The pages' charts are drawn from these. Rules, because the trials table is the
 one that grows: a time series groups done trials by bucket and verdict in SQL
@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from farm.params import KNOBS, LOG_KNOBS, PLACEMENTS, PUNCH_METHODS
+from farm.store import signal
 from farm.store.models import Trial
 from farm.triage.kinds import FINDING_KINDS, KINDS, UNTESTED_KINDS, is_finding, is_run, severity
 from farm.web import schemas as s
@@ -131,13 +133,16 @@ def _int_bins(values: list[int], log: bool, count: int = 10) -> list[tuple[int, 
     return [(a, b - 1) for a, b in pairwise(edges) if b > a]
 
 
-Tally = tuple[str, Any, int, int]  # (knob, value, tested trials, anomalous trials)
+# (knob, value, tested trials, anomalous trials, window entries, guest-seconds)
+Tally = tuple[str, Any, int, int, int, float]
+Sampled = tuple[str | None, dict[str, Any] | None, int, float]  # verdict, params, window, cost
 
 
-def tally(rows: Iterable[tuple[str | None, dict[str, Any] | None]]) -> list[Tally]:
-    """Tallies from (verdict, params) pairs: what campaign_params has SQL count."""
-    counts: dict[tuple[str, Any], list[int]] = defaultdict(lambda: [0, 0])
-    for verdict, params in rows:
+def tally(rows: Iterable[Sampled]) -> list[Tally]:
+    """Tallies from (verdict, params, window entries, guest-seconds) of trials: what
+    campaign_params has SQL count."""
+    counts: dict[tuple[str, Any], list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    for verdict, params, window, seconds in rows:
         if not params or verdict is None or not is_run(verdict):
             continue
         for name in PLOTTED:
@@ -145,7 +150,12 @@ def tally(rows: Iterable[tuple[str | None, dict[str, Any] | None]]) -> list[Tall
                 t = counts[(name, params[name])]
                 t[0] += 1
                 t[1] += is_finding(verdict)
-    return [(name, value, n, hits) for (name, value), (n, hits) in counts.items()]
+                t[2] += window
+                t[3] += seconds
+    return [
+        (name, value, int(n), int(hits), int(window), seconds)
+        for (name, value), (n, hits, window, seconds) in counts.items()
+    ]
 
 
 def _as_int(value: Any) -> int | None:
@@ -156,17 +166,30 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _param_bin(label: str, sums: Sequence[float]) -> s.ParamBin:
+    n, hits, window, seconds = sums
+    return s.ParamBin(
+        label=label,
+        trials=int(n),
+        anomalies=int(hits),
+        window_entries=int(window),
+        guest_seconds=round(seconds, 3),
+    )
+
+
 def param_rates(tallies: Iterable[Tally]) -> list[s.ParamRates]:
-    """Anomaly rate against each knob, from per-value tallies of tested trials.
+    """Anomaly rate and window entries per guest-second against each knob, from
+    per-value tallies of tested trials.
 
     Only trials that tested something count (clean or a finding kind). Knobs
     with a dozen values or fewer get one bin per value; wider ones ten bins,
-    geometric for the knobs farm.params draws log-uniformly.
+    geometric for the knobs farm.params draws log-uniformly. Both rates share
+    the bins, so the two charts of a knob line up.
     """
-    by_knob: dict[str, list[tuple[Any, int, int]]] = defaultdict(list)
-    for name, value, n, hits in tallies:
+    by_knob: dict[str, list[tuple[Any, list[float]]]] = defaultdict(list)
+    for name, value, n, hits, window, seconds in tallies:
         if value is not None:
-            by_knob[name].append((value, n, hits))
+            by_knob[name].append((value, [n, hits, window, seconds]))
     out = []
     for name in PLOTTED:
         values = by_knob.get(name)
@@ -176,34 +199,36 @@ def param_rates(tallies: Iterable[Tally]) -> list[s.ParamRates]:
         if len(values) == 1:
             out.append(s.ParamRates(name=name, help=help_, bins=[], fixed=str(values[0][0])))
             continue
-        ints = [(_as_int(v), n, h) for v, n, h in values]
+        ints = [(_as_int(v), sums) for v, sums in values]
         bins: list[s.ParamBin] = []
-        if name not in _CATEGORIES and all(i is not None for i, _, _ in ints):
-            numeric = sorted((int(i), n, h) for i, n, h in ints if i is not None)
-            distinct_values = [v for v, _, _ in numeric]
+        if name not in _CATEGORIES and all(i is not None for i, _ in ints):
+            numeric = [(int(i), sums) for i, sums in ints if i is not None]
+            numeric.sort(key=itemgetter(0))
+            distinct_values = [v for v, _ in numeric]
             if len(distinct_values) <= 12:
                 ranges = [(v, v) for v in distinct_values]
             else:
                 ranges = _int_bins(distinct_values, name in LOG_KNOBS)
-            counts = [[0, 0] for _ in ranges]
+            counts = [[0.0] * 4 for _ in ranges]
             starts = [a for a, _ in ranges]
-            for value, n, hits in numeric:
-                i = bisect_right(starts, value) - 1
-                counts[i][0] += n
-                counts[i][1] += hits
-            for (a, b), (n, hits) in zip(ranges, counts, strict=True):
-                label = str(a) if a == b else f"{a}–{b}"
-                bins.append(s.ParamBin(label=label, trials=n, anomalies=hits))
+            for value, sums in numeric:
+                _add(counts[bisect_right(starts, value) - 1], sums)
+            for (a, b), sums in zip(ranges, counts, strict=True):
+                bins.append(_param_bin(str(a) if a == b else f"{a}–{b}", sums))
         else:
             known = _CATEGORIES.get(name, ())
-            merged: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-            for value, n, hits in values:
-                merged[str(value)][0] += n
-                merged[str(value)][1] += hits
+            merged: dict[str, list[float]] = defaultdict(lambda: [0.0] * 4)
+            for value, sums in values:
+                _add(merged[str(value)], sums)
             order = [v for v in known if v in merged] + sorted(v for v in merged if v not in known)
-            bins = [s.ParamBin(label=v, trials=merged[v][0], anomalies=merged[v][1]) for v in order]
+            bins = [_param_bin(v, merged[v]) for v in order]
         out.append(s.ParamRates(name=name, help=help_, bins=bins))
     return out
+
+
+def _add(into: list[float], sums: Sequence[float]) -> None:
+    for i, value in enumerate(sums):
+        into[i] += value
 
 
 def campaign_verdicts(cid: int, session: Session) -> dict[str, int]:
@@ -228,18 +253,23 @@ def campaign_series(cid: int, session: Session) -> s.Series:
     return series(session, [Trial.campaign_id == cid], first, last)
 
 
-def campaign_params(cid: int, session: Session) -> tuple[list[s.ParamRates], int]:
-    """Anomaly rate per knob over the latest PARAM_SAMPLE tested trials (and how many).
+def campaign_params(cid: int, session: Session) -> tuple[list[s.ParamRates], int, int]:
+    """Anomaly rate and window entries per guest-second per knob over the latest
+    PARAM_SAMPLE tested trials; how many trials, and their window entries (0: no
+    window charts).
 
     The database does the counting (one GROUP BY per knob over the sample), so
     Python sees a few thousand (knob, value) tallies instead of every trial's
-    parameters as JSON.
+    parameters as JSON. The window signal and cost are the search's own
+    (farm.store.signal, the SQL of farm.protocol's definitions).
     """
     tested = [k for k in KINDS if is_run(k)]
     sample = (
         select(
             Trial.params.label("params"),
             case((Trial.verdict.in_(sorted(FINDING_KINDS)), 1), else_=0).label("hit"),
+            signal.window_signal().label("window"),
+            signal.guest_seconds().label("seconds"),
         )
         .where(
             Trial.campaign_id == cid,
@@ -251,16 +281,22 @@ def campaign_params(cid: int, session: Session) -> tuple[list[s.ParamRates], int
         .limit(PARAM_SAMPLE)
         .cte("sample")
     )
-    size = select(func.count()).select_from(sample)
+    size = select(func.count(), func.sum(sample.c.window)).select_from(sample)
     per_knob = []
     for name in PLOTTED:
         # one expression object in SELECT and GROUP BY: PostgreSQL must see the same bind
         value = sample.c.params[name].as_string()
         per_knob.append(
             select(
-                literal(name).label("knob"), value, func.count(), func.sum(sample.c.hit)
+                literal(name).label("knob"),
+                value,
+                func.count(),
+                func.sum(sample.c.hit),
+                func.sum(sample.c.window),
+                func.sum(sample.c.seconds),
             ).group_by(value)
         )
     rows = session.connection().execute(union_all(*per_knob)).all()
-    n = int(session.connection().execute(size).scalar() or 0)
-    return param_rates((k, v, int(c), int(h or 0)) for k, v, c, h in rows), n
+    n, window = session.connection().execute(size).one()
+    tallies = ((k, v, int(c), int(h or 0), int(w or 0), float(t or 0)) for k, v, c, h, w, t in rows)
+    return param_rates(tallies), int(n or 0), int(window or 0)

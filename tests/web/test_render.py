@@ -72,11 +72,11 @@ def test_charts_escape_labels_and_scale() -> None:
 
 def test_param_rates_bins_and_counts_only_tested_trials() -> None:
     rows = [
-        ("clean", {"pages": p, "punch": "madvise", "src_node": 0, "rng_seed": p})
+        ("clean", {"pages": p, "punch": "madvise", "src_node": 0, "rng_seed": p}, 0, 1.0)
         for p in range(64, 8192, 64)
     ]
-    rows += [("kernel-report", {"pages": 100, "punch": "fallocate", "src_node": 0, "rng_seed": 1})]
-    rows += [("invalid", {"pages": 100, "punch": "fallocate", "src_node": 0, "rng_seed": 2})]
+    hit = {"pages": 100, "punch": "fallocate", "src_node": 0, "rng_seed": 1}
+    rows += [("kernel-report", hit, 0, 1.0), ("invalid", {**hit, "rng_seed": 2}, 0, 1.0)]
     rates = {r.name: r for r in param_rates(tally(rows))}
     assert "rng_seed" not in rates and rates["src_node"].fixed == "0"
     pages = rates["pages"].bins

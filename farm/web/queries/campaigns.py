@@ -130,8 +130,8 @@ def allowed_actions(status: str) -> list[str]:
 
 
 def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignDetail | None:
-    """A campaign with its progress, verdicts over time, anomaly rate per knob and what
-    may stall it (kernels no live worker serves)."""
+    """A campaign with its progress, verdicts over time, anomaly and window rate per knob
+    and what may stall it (kernels no live worker serves)."""
     if not storable(name):
         return None
     campaign = session.scalars(select(Campaign).where(Campaign.name == name)).one_or_none()
@@ -141,7 +141,7 @@ def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignD
     counts = status_counts(session, cache, [cid]).get(cid, {})
     summary = campaign_summary(campaign, counts)
     unserved = unserved_kernels(session, campaign.status, summary.kernels)
-    rates, sample = cache.get(
+    rates, sample, window = cache.get(
         ("campaign-params", cid), partial(stats.campaign_params, cid), session
     )
     verdicts = dict(
@@ -155,6 +155,7 @@ def campaign_detail(session: Session, cache: TTLCache, name: str) -> s.CampaignD
         series=cache.get(("campaign-series", cid), partial(stats.campaign_series, cid), session),
         param_rates=rates,
         param_sample=sample,
+        param_window_entries=window,
         findings=_campaign_findings(session, cid),
         actions=allowed_actions(campaign.status),
         stats_max_age_s=cache.ttl,
