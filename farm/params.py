@@ -43,6 +43,11 @@ SCENARIOS = (
 MOVERS = ("move_pages", "mbind", "numa-balancing")
 SWAPPED_SCENARIOS = frozenset(s for s in SCENARIOS if s.startswith("swapped-"))
 
+# The longest valid token of parameter space v3 (every knob overridden with its
+# longest value) has 322 characters; the seed-2022 preset's has 257. Wire messages
+# and the trials table take this many, with room for knobs to come.
+MAX_TOKEN_CHARS = 512
+
 _TOKEN_RE = re.compile(r"^zf(?P<version>\d+)-(?P<seed>[0-9a-f]{16})(?:~(?P<overrides>.*))?$")
 _INT_RE = re.compile(r"^-?\d+$")  # "--5" is a malformed value, not an integer
 _OVERRIDE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
@@ -302,6 +307,11 @@ class SeedToken:
     @classmethod
     def parse(cls, text: str) -> SeedToken:
         text = text.strip()
+        if len(text) > MAX_TOKEN_CHARS:
+            raise TokenError(
+                f"seed token {text[:80]!r}... has {len(text)} characters; the most a token "
+                f"can have is {MAX_TOKEN_CHARS}"
+            )
         m = _TOKEN_RE.match(text)
         if not m:
             raise TokenError(

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from farm.params import MAX_TOKEN_CHARS
 from farm.timing import MAX_DEADLINE_S
 
 # Celery task and queue names (workers.tasks registers them; the scheduler sends by name).
@@ -55,6 +56,7 @@ Int32 = Annotated[int, Field(ge=-(1 << 31), le=(1 << 31) - 1)]
 Epoch = Annotated[float, Field(ge=0, le=1 << 40, allow_inf_nan=False)]
 Kb = Annotated[int, Field(ge=-(1 << 40), le=1 << 40)]  # counters can go negative on a bad kernel
 ShortStr = Annotated[str, Field(max_length=256)]
+Token = Annotated[str, Field(max_length=MAX_TOKEN_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -77,7 +79,7 @@ class TrialMessage(_Strict):
     """What the control plane sends for one trial: the token is the only parameter source."""
 
     trial_id: Annotated[str, Field(pattern=TRIAL_ID)]
-    token: ShortStr
+    token: Token
     kernel: KernelRef
     deadline_s: Annotated[float, Field(ge=1, le=MAX_DEADLINE_S, allow_inf_nan=False)]
 
@@ -289,7 +291,7 @@ class TrialResult(_Strict):
     """One trial's outcome as a worker reports it; the recorder stores it once."""
 
     trial_id: ShortStr
-    token: ShortStr
+    token: Token
     kernel: ShortStr
     worker: ShortStr
     outcome: Outcome

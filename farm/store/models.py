@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from farm.params import MAX_TOKEN_CHARS
+
 
 class CampaignStatus(StrEnum):
     """A campaign's state; farm.control.campaigns.TRANSITIONS decides the moves."""
@@ -195,7 +197,7 @@ class Trial(Base):
     trial_id: Mapped[str] = mapped_column(String(256), unique=True)
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
     kernel_id: Mapped[int] = mapped_column(ForeignKey("kernels.id"))
-    token: Mapped[str] = mapped_column(String(256), index=True)
+    token: Mapped[str] = mapped_column(String(MAX_TOKEN_CHARS), index=True)
     params: Mapped[dict[str, Any] | None]  # NULL only if a recorded token could not be parsed
     status: Mapped[str] = mapped_column(String(16), default="queued")
     # TrialResult.outcome; not a constraint, the result model already validates it

@@ -406,6 +406,58 @@ def test_window_migration_keeps_earlier_trials(db_url: str) -> None:
         engine.dispose()
 
 
+def test_a_preset_token_of_space_v3_is_queued_and_recorded(
+    db_sessions: sessionmaker[Session],
+) -> None:
+    """seed-2022 names every knob: 257 characters on v3, over the 256 trials.token once took."""
+    token = str(SeedToken.parse("zf3-00000000000000a1").with_preset("seed-2022"))
+    assert len(token) > 256
+    queue(db_sessions, "preset-1", token=token)
+    with db_sessions.begin() as s:
+        assert mark_running(s, "preset-1", "host-a")
+    assert record(db_sessions, result("preset-1", token=token), verdict="clean") == (
+        RecordOutcome.UPDATED
+    )
+    row = trial_row(db_sessions, "preset-1")
+    assert (row["token"], row["status"]) == (token, "done")
+
+
+def test_token_migration_widens_the_column_and_keeps_trials(db_url: str) -> None:
+    """0007 takes tokens of 512 characters on both databases and keeps the rows of 0006."""
+    db.upgrade(db_url, "0006")
+    engine = db.make_engine(db_url)
+    insert = text(
+        "INSERT INTO trials (id, trial_id, kernel_id, token, status, created_at) "
+        "VALUES (:id, :tid, 1, :token, 'queued', CURRENT_TIMESTAMP)"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO kernels (id, name, release, source, created_at) "
+                    "VALUES (1, 'k', '6.1', 'custom', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(insert, {"id": 1, "tid": "old", "token": TOKEN})
+        db.upgrade(db_url)
+        long_token = TOKEN + "~" + "x" * 400
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": 2, "tid": "new", "token": long_token})
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT trial_id, token FROM trials ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("old", TOKEN), ("new", long_token)]
+        width = {c["name"]: c["type"] for c in inspect(engine).get_columns("trials")}["token"]
+        assert width.length == 512
+        assert "ix_trials_token" in {i["name"] for i in inspect(engine).get_indexes("trials")}
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM trials WHERE id = 2"))
+        db.downgrade(db_url, "0006")
+        width = {c["name"]: c["type"] for c in inspect(engine).get_columns("trials")}["token"]
+        assert width.length == 256
+    finally:
+        engine.dispose()
+
+
 def test_double_delivery_is_a_duplicate_and_changes_nothing(
     db_sessions: sessionmaker[Session],
 ) -> None:

@@ -16,6 +16,18 @@ from typing import Any
 import pytest
 
 from farm.artifacts.kernels import write_manifest
+from farm.params import (
+    KNOBS,
+    MAX_PAGES,
+    MAX_TOKEN_CHARS,
+    MOVERS,
+    PLACEMENTS,
+    PUNCH_METHODS,
+    SCENARIOS,
+    VCPU_PINS,
+    SeedToken,
+    TokenError,
+)
 from farm.protocol import MessageError, TrialMessage, trial_message, validate_message
 from workers.trial import execute
 from workers.vm import SHARED_IMAGES, GuestError
@@ -136,3 +148,38 @@ def test_a_kernel_folder_copied_from_another_host_resolves_here(cache: tuple[Pat
     pool = RecordingPool()
     execute(pool, message(name="k1", sha256=cache[1]), "w", cache_dir=cache[0])  # type: ignore[arg-type]
     assert pool.acquired == [("k1", folder / "bzImage")]
+
+
+def test_every_valid_token_fits_a_message_and_longer_ones_are_refused() -> None:
+    """The longest v3 token (every knob at its longest value) and the seed-2022 one go out."""
+    longest = {
+        "pages": MAX_PAGES,
+        "evict_delay_min_us": 1_000_000,
+        "evict_delay_max_us": 1_000_000,
+        "kick_delay_us": 1_000_000,
+        "batch": MAX_PAGES,
+        "src_node": 63,
+        "dst_node": 63,
+        "rounds": 64,
+        "punch": max(PUNCH_METHODS, key=len),
+        "evictors": 16,
+        "placement": max(PLACEMENTS, key=len),
+        "rng_seed": 0xFFFFFFFF,
+        "cpu_quota_pct": 100,
+        "vcpu_pin": max(VCPU_PINS, key=len),
+        "pressure_mb": 512,
+        "scenario": max(SCENARIOS, key=len),
+        "mover": max(MOVERS, key=len),
+    }
+    assert set(longest) == set(KNOBS)
+    base = SeedToken.parse("zf3-00000000000000a1")
+    for token in (base.with_preset("seed-2022"), base.with_overrides(longest)):
+        text = str(token)
+        assert len(text) > 256
+        assert validate_message(trial_message("c-000001", text, "k1", "c" * 64, 60))
+    too_long = "zf3-00000000000000a1~" + ",".join(["rounds=1"] * 60)
+    assert len(too_long) > MAX_TOKEN_CHARS
+    with pytest.raises(TokenError, match="characters"):
+        SeedToken.parse(too_long)
+    with pytest.raises(MessageError, match="token"):
+        trial_message("c-000001", too_long, "k1", "c" * 64, 60)
