@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from farm.params import SeedToken, TokenError
+from farm.params import MAX_TOKEN_CHARS, SeedToken, TokenError
 from farm.protocol import ProgramOutput, TrialResult
 
 
 def synthetic_result(message: dict[str, Any], worker: str) -> TrialResult:
     now = time.time()
-    token = str(message.get("token", ""))[:256]
+    token = str(message.get("token", ""))[:MAX_TOKEN_CHARS]
     base = {
         "trial_id": str(message.get("trial_id", "(none)"))[:128],
         "token": token,

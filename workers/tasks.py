@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_shutdown
 
 from farm.artifacts.guest_image import build_initramfs
+from farm.params import MAX_TOKEN_CHARS
 from farm.protocol import BATCH_TASK, PING_TASK, TRIAL_TASK, TrialResult
 from farm.settings import Settings, load_settings
 from farm.timing import BudgetError, check_worker_budget
@@ -91,7 +92,7 @@ def _failed(
 ) -> dict[str, Any]:
     return TrialResult(
         trial_id=str(message.get("trial_id", "(none)"))[:128],
-        token=str(message.get("token", ""))[:256],
+        token=str(message.get("token", ""))[:MAX_TOKEN_CHARS],
         kernel=str((message.get("kernel") or {}).get("name", ""))[:256],
         worker=worker,
         outcome=outcome,  # type: ignore[arg-type]

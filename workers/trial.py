@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.artifacts.kernels import KernelError, KernelNotFound, resolve_kernel
-from farm.params import SeedToken, TokenError
+from farm.params import MAX_TOKEN_CHARS, SeedToken, TokenError
 from farm.protocol import (
     MAX_CONSOLE_BYTES,
     MAX_OUTPUT_BYTES,
@@ -49,7 +49,7 @@ def execute(
     kernel_raw = raw.get("kernel") if isinstance(raw.get("kernel"), dict) else {}
     base: dict[str, Any] = {  # what the record can say even of a malformed message
         "trial_id": str(raw.get("trial_id", ""))[:MAX_TRIAL_ID] or "(none)",
-        "token": str(raw.get("token", ""))[:256],
+        "token": str(raw.get("token", ""))[:MAX_TOKEN_CHARS],
         "kernel": str(kernel_raw.get("name", ""))[:256],
         "worker": worker[:256],
         "started_at": started,

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from test_verdict import clean_result, console
 
+from farm.control.scheduler import make_sampler
 from farm.control.selftest import (
     Build,
     Control,
     ControlError,
     Outcome,
+    control_spec,
     default_pair,
     fair_pair,
     outcome,
 )
+from farm.params import SCENARIOS
 from farm.protocol import Window
 from farm.triage.verdict import judge
 
@@ -108,3 +113,15 @@ def test_the_search_signal_is_the_kernel_count_else_the_proxy() -> None:
     )
     assert window_entries(counted) == 42  # the kernel's own count wins
     assert window_entries(base.model_copy(update={"program": None})) == 0
+
+
+def test_a_control_campaign_draws_every_scenario_unthrottled() -> None:
+    """The spec a control runs parses, and its draws cover every scenario of space v3."""
+    spec = control_spec("selftest-positive-1", "build-6.1-count-revertfix-b8c92c35", 60)
+    sampler = make_sampler(spec, None)
+    assert sampler is not None
+    rng = random.Random(7)
+    drawn = [sampler.propose(rng).params() for _ in range(300)]
+    assert {p.scenario for p in drawn} == set(SCENARIOS)
+    assert all(256 <= p.pages <= 2048 and p.cpu_quota_pct == 100 for p in drawn)
+    assert spec.budget.trials == 60 and spec.kernels == ["build-6.1-count-revertfix-b8c92c35"]

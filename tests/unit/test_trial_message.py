@@ -29,6 +29,7 @@ from farm.params import (
     TokenError,
 )
 from farm.protocol import MessageError, TrialMessage, trial_message, validate_message
+from workers.synthetic import synthetic_result
 from workers.trial import execute
 from workers.vm import SHARED_IMAGES, GuestError
 
@@ -183,3 +184,13 @@ def test_every_valid_token_fits_a_message_and_longer_ones_are_refused() -> None:
         SeedToken.parse(too_long)
     with pytest.raises(MessageError, match="token"):
         trial_message("c-000001", too_long, "k1", "c" * 64, 60)
+
+
+def test_a_long_token_comes_back_whole_in_the_result(cache: tuple[Path, str]) -> None:
+    """The recorder matches a result to its trial by token: a cut one reads as a mix-up."""
+    token = str(SeedToken.parse("zf3-00000000000000a1").with_preset("seed-2022"))
+    sent = {**message(name="k2", sha256="a" * 64), "token": token}
+    result = execute(RecordingPool(), sent, "w", cache_dir=cache[0])  # type: ignore[arg-type]
+    assert result.outcome == "infra-error"
+    assert result.token == token
+    assert synthetic_result(sent, "w").token == token
