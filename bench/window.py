@@ -10,11 +10,10 @@ objective is measured, not its user-space proxy. Not a timed test.
     .venv/bin/python bench/window.py [--budget-s 600] [--kernel NAME] [--database-url URL]
                                      [--arms seed_2022,uniform,guided]
 
-Three real farm campaigns run at once, as ``farm demo`` runs one: SQLite (a
-fresh file under the cache's bench/ folder unless ``--database-url``), a
-local worker, the scheduler. Each has the same wall budget (``budget.hours``
-from the same start) and one trial in flight, so they share the worker's guest
-slot turn by turn; rates are per guest-second, so the share does not bias them.
+Three real farm campaigns run one after another, as ``farm demo`` runs one:
+SQLite (a fresh file under the cache's bench/ folder unless ``--database-url``),
+a local worker, the scheduler. Each has the guest slot to itself for the same
+wall budget (``budget.hours`` from its own start) with one trial in flight.
 
 - ``seed_2022``: the ``seed-2022`` preset (every knob fixed, random seeds);
 - ``uniform``: uniform draws over the whole parameter space (farm.params);
@@ -281,46 +280,26 @@ def run(
     budget_s: float,
     console: Console,
 ) -> dict[str, Any]:
-    """Start the arms' campaigns at once, run them to their budget, count what they did."""
+    """Run the arms one after another, each alone on the slot for its budget; count what they did.
+
+    One after another, not at once: sharing one slot turn by turn gives each arm
+    the same number of trials, not the same time, so a 40 s seed-2022 trial
+    would eat the budget of forty 1 s trials of the other arms.
+    """
     with console.status("setting up: libvirtd, guest image, database, kernel"):
         check_hypervisor(settings)
         build_initramfs(settings.cache_dir)
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         sessions: sessionmaker[Session] = session_factory(engine)
-        names = {spec.name: arm for arm, spec in arms.items()}
         with sessions.begin() as session:
             ensure_kernel(
                 session, kernel.name, kernel.release, str(kernel.path), kernel.sha256, kernel.source
             )
-            for spec in arms.values():  # one transaction: one start, the same budget
-                campaigns.transition(campaigns.create(session, spec), "running")
+    names = {spec.name: arm for arm, spec in arms.items()}
     started = time.monotonic()
-    live = Live(names, started, budget_s)
-    checked = [0.0, False]  # last look at the campaigns, whether all were done
-
-    def all_done() -> bool:
-        if time.monotonic() - started > budget_s + GRACE_S:
-            return True
-        if time.monotonic() - checked[0] > 2.0:
-            with sessions() as session:
-                statuses = session.scalars(
-                    select(Campaign.status).where(Campaign.name.in_(names))
-                ).all()
-            checked[:] = [time.monotonic(), all(s == "done" for s in statuses)]
-        return bool(checked[1])
-
-    run_locally(
-        settings,
-        sessions,
-        [kernel.name],
-        None,
-        console,
-        label="window",
-        on_record=live.add,
-        stop_early=all_done,
-        describe=live.line,
-    )
+    for arm, spec in arms.items():
+        run_arm(settings, sessions, kernel, arm, spec, budget_s, console)
     wall = time.monotonic() - started
     with sessions() as session:
         summaries = {arm: arm_summary(session, name) for name, arm in names.items()}
@@ -340,6 +319,44 @@ def run(
         },
         "proxy_vs_count": agreement(pairs),
     }
+
+
+def run_arm(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    kernel: KernelImage,
+    arm: str,
+    spec: CampaignSpec,
+    budget_s: float,
+    console: Console,
+) -> None:
+    """Start one arm's campaign (its budget.hours counts from here) and run it to the end."""
+    with sessions.begin() as session:
+        campaigns.transition(campaigns.create(session, spec), "running")
+    started = time.monotonic()
+    live = Live({spec.name: arm}, started, budget_s)
+    checked = [0.0, False]  # last look at the campaign, whether it was done
+
+    def done() -> bool:
+        if time.monotonic() - started > budget_s + GRACE_S:
+            return True
+        if time.monotonic() - checked[0] > 2.0:
+            with sessions() as session:
+                status = session.scalar(select(Campaign.status).where(Campaign.name == spec.name))
+            checked[:] = [time.monotonic(), status == "done"]
+        return bool(checked[1])
+
+    run_locally(
+        settings,
+        sessions,
+        [kernel.name],
+        None,
+        console,
+        label="window",
+        on_record=live.add,
+        stop_early=done,
+        describe=live.line,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
