@@ -596,7 +596,8 @@ def test_window_is_null_without_valid_counters(vmstat_line: tuple[Line, Path]) -
     assert trial_window(line, vmstat, good, None) is None, "no vmstat after the trial"
     # a name that only starts like an item is another item, not a duplicate
     lookalike = good + "zapfarm_migration_entries_total 77\n"
-    window = trial_window(line, vmstat, lookalike, lookalike.replace(" 5\n", " 8\n", 1))
+    moved = lookalike.replace("zapfarm_migration_entries 5\n", "zapfarm_migration_entries 8\n")
+    window = trial_window(line, vmstat, lookalike, moved)
     assert window == {"entries": 3, "skipped": 0, "swap_entries": 0, "swap_skipped": 0}
     assert line.request({"op": "ping", "id": "alive"})["op"] == "pong"
 
