@@ -128,6 +128,17 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _bar(cls: str, x: float, y: float, bar_w: float, plot_h: float, tip: str, count: str) -> str:
+    """One bar with its tooltip and its count at the foot (escaped text in, SVG out)."""
+    inside = _TOP + plot_h - y >= 14  # white in a tall bar, grey above a short one
+    return (
+        f'<rect class="bar {cls}" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
+        f'height="{max(_TOP + plot_h - y, 0.5):.1f}"><title>{tip}</title></rect>'
+        f'<text class="n{"" if inside else " out"}" x="{x + bar_w / 2:.1f}" '
+        f'y="{_TOP + plot_h - 3:.1f}" text-anchor="middle">{count}</text>'
+    )
+
+
 def rate_bars(
     bins: Sequence[tuple[str, int, int]], *, title: str, width: int = 400, height: int = 170
 ) -> Markup:
@@ -152,19 +163,11 @@ def rate_bars(
             f"{label}: {hits}/{n} anomalous = {rate * 100:.3g}% "
             f"(95% CI {lo * 100:.3g}-{hi * 100:.3g}%)"
         )
-        out.append(
-            f'<rect class="bar s-anomaly" x="{x:.1f}" y="{y_rate:.1f}" width="{bar_w:.1f}" '
-            f'height="{max(_TOP + plot_h - y_rate, 0.5):.1f}"><title>{tip}</title></rect>'
-        )
+        out.append(_bar("s-anomaly", x, y_rate, bar_w, plot_h, tip, str(n)))
         y_lo = _TOP + plot_h * (1 - min(lo, top) / top)
         y_hi = _TOP + plot_h * (1 - min(hi, top) / top)
         out.append(
             f'<line class="whisker" x1="{cx:.1f}" x2="{cx:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
-        )
-        inside = _TOP + plot_h - y_rate >= 14  # white in a tall bar, grey above a short one
-        out.append(
-            f'<text class="n{"" if inside else " out"}" x="{cx:.1f}" y="{_TOP + plot_h - 3:.1f}" '
-            f'text-anchor="middle">{n}</text>'
         )
     out += _x_labels([label for label, _, _ in bins], step, height, most=16)
     out.append("</svg>")
@@ -191,16 +194,7 @@ def window_bars(
         x = _LEFT + step * i + (step - bar_w) / 2
         y_rate = _TOP + plot_h * (1 - rate / top)
         tip = escape(f"{label}: {entries} window entries in {seconds:.4g} guest-s = {rate:.4g}/s")
-        out.append(
-            f'<rect class="bar s-window" x="{x:.1f}" y="{y_rate:.1f}" width="{bar_w:.1f}" '
-            f'height="{max(_TOP + plot_h - y_rate, 0.5):.1f}"><title>{tip}</title></rect>'
-        )
-        inside = _TOP + plot_h - y_rate >= 14
-        count = escape(_fmt(entries, False))
-        out.append(
-            f'<text class="n{"" if inside else " out"}" x="{x + bar_w / 2:.1f}" '
-            f'y="{_TOP + plot_h - 3:.1f}" text-anchor="middle">{count}</text>'
-        )
+        out.append(_bar("s-window", x, y_rate, bar_w, plot_h, tip, escape(_fmt(entries, False))))
     out += _x_labels([label for label, _, _ in bins], step, height, most=16)
     out.append("</svg>")
     return Markup("".join(out))

@@ -30,6 +30,11 @@ from farm.store.recorder import (
 )
 
 TOKEN = "zf1-8188e2f542964e0c"
+# kernel 1, as a migration test inserts it before upgrading past the models' revision
+KERNEL_ROW = text(
+    "INSERT INTO kernels (id, name, release, source, created_at) "
+    "VALUES (1, 'k', '6.1', 'custom', CURRENT_TIMESTAMP)"
+)
 FARM_TABLES = {"kernels", "campaigns", "trials", "findings", "finding_counts", "workers"}
 
 
@@ -373,12 +378,7 @@ def test_window_migration_keeps_earlier_trials(db_url: str) -> None:
     engine = db.make_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO kernels (id, name, release, source, created_at) "
-                    "VALUES (1, 'k', '6.1', 'custom', CURRENT_TIMESTAMP)"
-                )
-            )
+            conn.execute(KERNEL_ROW)
             conn.execute(
                 text(
                     "INSERT INTO trials (id, trial_id, kernel_id, token, status, outcome, "
@@ -432,12 +432,7 @@ def test_token_migration_widens_the_column_and_keeps_trials(db_url: str) -> None
     )
     try:
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO kernels (id, name, release, source, created_at) "
-                    "VALUES (1, 'k', '6.1', 'custom', CURRENT_TIMESTAMP)"
-                )
-            )
+            conn.execute(KERNEL_ROW)
             conn.execute(insert, {"id": 1, "tid": "old", "token": TOKEN})
         db.upgrade(db_url)
         long_token = TOKEN + "~" + "x" * 400
