@@ -12,10 +12,10 @@ import gzip
 import stat
 import subprocess
 import time
-import zlib
 from pathlib import Path
 
 import pytest
+from archives import gzip_members
 
 from farm.artifacts import guest_image
 from farm.artifacts.guest_image import CpioEntry, build_initramfs, read_newc, write_newc
@@ -134,16 +134,6 @@ def test_missing_compiler_names_the_package(
     monkeypatch.setattr(guest_image, "CC", "zapfarm-no-such-cc")
     with pytest.raises(guest_image.GuestImageError, match="apt-get install gcc"):
         build_initramfs(tmp_path)
-
-
-def gzip_members(data: bytes) -> list[bytes]:
-    """Each gzip member of a concatenation, decompressed (the kernel unpacks them in order)."""
-    members = []
-    while data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        members.append(d.decompress(data))
-        data = d.unused_data
-    return members
 
 
 def test_with_program_appends_an_archive_that_replaces_the_trial_program(

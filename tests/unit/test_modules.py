@@ -12,10 +12,10 @@ import lzma
 import shutil
 import stat
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
+from archives import gzip_members
 
 from farm.artifacts import modules
 from farm.artifacts.guest_image import CpioEntry, read_newc
@@ -26,16 +26,6 @@ HOST_RELEASE_TREES = sorted(Path("/lib/modules").glob("*/kernel/drivers/block/zr
 
 def elf(tag: str) -> bytes:
     return b"\x7fELF" + tag.encode() * 50
-
-
-def gzip_members(data: bytes) -> list[bytes]:
-    """Each gzip member of a concatenation, decompressed (the kernel unpacks them in order)."""
-    members = []
-    while data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        members.append(d.decompress(data))
-        data = d.unused_data
-    return members
 
 
 def test_load_order_puts_every_dependency_before_its_user() -> None:
