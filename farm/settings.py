@@ -46,6 +46,7 @@ WORKER_KEYS = frozenset(
         "guest_cpus",
         "trial_deadline_s",
         "boot_deadline_s",
+        "guest_idle_s",
         "virt_type",
         "executor",
         "worker_name",
@@ -88,6 +89,7 @@ class Settings:
     guest_cpus: int = 2
     trial_deadline_s: int = 120  # the floor of each trial's cost-scaled deadline (docs/timing.md)
     boot_deadline_s: int = 90
+    guest_idle_s: int = 300  # a worker shuts down a guest unused this long (0: never)
     virt_type: str | None = None  # "kvm" or "qemu" (TCG); unset: probe once per host
     executor: str = "libvirt"  # "synthetic": no guests, instant clean results (benchmarks)
     worker_name: str = field(default_factory=socket.gethostname)
@@ -147,6 +149,7 @@ _MINIMUM = {
     "guest_cpus": 1,
     "trial_deadline_s": 1,
     "boot_deadline_s": 1,
+    "guest_idle_s": 0,
     "visibility_timeout_s": 10,
 }
 

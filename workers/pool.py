@@ -12,6 +12,9 @@ freshly booted, ready guest (~0.5 s) and the pool boots only to make that
 image, or when restoring fails (the image is then discarded and made again).
 Each kernel boots the base image with its own modules appended (``initrd_for``),
 and that image, not the base, is what a memory image is keyed on.
+A guest left unused for ``idle_s`` is shut down (``retire_idle``): an idle TCG
+guest still costs ~15% of a host CPU, and a worker serving many kernels would
+otherwise keep one per kernel it ever ran; the next trial restores or boots one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +63,17 @@ class GuestPool:
     cpus: int = 2
     boot_deadline_s: float = 90.0
     reboot_every: int = 50
+    idle_s: float = 300.0  # a kept guest unused this long is shut down by retire_idle (0: never)
     connect: Callable[[], libvirt.virConnect] | None = None  # reopens a connection libvirtd closed
     snapshots: SnapshotStore | None = None  # None: every new life is a boot
     guests: dict[str, Guest] = field(default_factory=dict)
     prior_boot: BootReport | None = None  # set by acquire(): the kept guest it gave up on
     slots: dict[str, Slot] = field(default_factory=dict)  # kernel name -> this process's slot
+    # held by whoever drives a trial, and by retire_idle: a guest in use is never retired
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    last_used: dict[str, float] = field(default_factory=dict)  # kernel name -> monotonic time
+    # reports of guests retired while idle: each goes with its kernel's next trial
+    pending: dict[str, BootReport] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, conn: libvirt.virConnect, settings: Settings, initrd: Path) -> GuestPool:
@@ -77,6 +87,7 @@ class GuestPool:
             memory_mb=settings.guest_memory_mb,
             cpus=settings.guest_cpus,
             boot_deadline_s=settings.boot_deadline_s,
+            idle_s=settings.guest_idle_s,
             connect=lambda: open_connection(settings.libvirt_uri),
             snapshots=SnapshotStore(settings.cache_dir / "snapshots"),
         )
@@ -150,7 +161,8 @@ class GuestPool:
 
     def acquire(self, kernel_name: str, kernel: Path) -> tuple[Guest, bool]:
         """A booted guest for this kernel, and whether it was booted just now."""
-        self.prior_boot = None
+        self.prior_boot = self.pending.pop(kernel_name, None)
+        self.last_used[kernel_name] = time.monotonic()
         if not self.connected():
             try:
                 self.reconnect()
@@ -293,9 +305,38 @@ class GuestPool:
 
     def release(self, kernel_name: str, *, tainted: bool) -> None:
         """After a trial: keep the guest, or retire it when the next trial could not trust it."""
+        self.last_used[kernel_name] = time.monotonic()
         guest = self.guests.get(kernel_name)
         if guest is not None and (tainted or guest.trials >= self.reboot_every):
             self.retire(kernel_name)
+
+    def retire_idle(self, now: float | None = None) -> list[str]:
+        """Shut down the guests unused for ``idle_s``; the kernel names whose guest went.
+
+        Takes the pool's lock, so a guest is never retired in the middle of a
+        trial. What a guest printed since its last trial is read first: a report
+        waits in ``pending`` for that kernel's next trial, as a kept guest's would.
+        """
+        if self.idle_s <= 0:
+            return []
+        retired = []
+        with self.lock:
+            now = time.monotonic() if now is None else now
+            for name, guest in list(self.guests.items()):
+                if now - self.last_used.get(name, now) < self.idle_s:
+                    continue
+                report = between_trials(guest)
+                if report is not None:
+                    log.warning(
+                        "idle guest %s %s after trial %s: its kernel's next trial reports it",
+                        guest.name,
+                        "died" if report.died else "printed " + "; ".join(report.titles),
+                        report.after_trial,
+                    )
+                    self.pending[name] = report
+                self.retire(name)
+                retired.append(name)
+        return retired
 
     def retire(self, kernel_name: str) -> None:
         guest = self.guests.pop(kernel_name, None)
@@ -306,11 +347,12 @@ class GuestPool:
                 rotated.unlink(missing_ok=True)  # virtlogd's backups (<log>.0, <log>.1, ...)
 
     def close(self) -> None:
-        for name in list(self.guests):
-            self.retire(name)
-        for slot in self.slots.values():
-            slot.release()
-        self.slots.clear()
+        with self.lock:
+            for name in list(self.guests):
+                self.retire(name)
+            for slot in self.slots.values():
+                slot.release()
+            self.slots.clear()
 
 
 def between_trials(guest: Guest) -> BootReport | None:

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -60,7 +61,29 @@ def guest_pool() -> GuestPool:
     initrd = build_initramfs(settings.cache_dir)
     pool = GuestPool.from_settings(conn, settings, initrd)
     _pool, _pool_pid = pool, os.getpid()
+    if pool.idle_s > 0:
+        every_s = max(1.0, min(60.0, pool.idle_s / 4))
+        threading.Thread(
+            target=retire_idle_guests, args=(pool, every_s), name="idle-guests", daemon=True
+        ).start()
     return pool
+
+
+def retire_idle_guests(
+    pool: GuestPool, every_s: float, stop: threading.Event | None = None
+) -> None:
+    """Every ``every_s``, shut down the pool's idle guests (a thread of the worker process).
+
+    Celery runs nothing in a worker process between tasks: without this thread
+    the guests of a finished campaign would run until the worker stops.
+    """
+    stop = stop or threading.Event()
+    while not stop.wait(every_s):
+        try:
+            for name in pool.retire_idle():
+                log.info("shut down the guest of kernel %s: unused for %.0f s", name, pool.idle_s)
+        except Exception:  # a libvirt hiccup must not end the thread: the next round retries
+            log.exception("retiring idle guests failed")
 
 
 @worker_init.connect
@@ -109,11 +132,14 @@ def _run_one(message: dict[str, Any], worker: str) -> dict[str, Any]:
     try:
         if _settings().executor == "synthetic":
             return synthetic_result(message, worker).to_json()
-        return execute(guest_pool(), message, worker, _settings().cache_dir).to_json()
+        pool = guest_pool()
+        with pool.lock:  # no idle-guest retiring while a trial runs
+            return execute(pool, message, worker, _settings().cache_dir).to_json()
     except SoftTimeLimitExceeded:
         kernel = str((message.get("kernel") or {}).get("name", ""))
         if _pool is not None:
-            _pool.retire(kernel)
+            with _pool.lock:
+                _pool.retire(kernel)
         raise
     except Exception as exc:  # infrastructure trouble must still produce a record
         log.exception("trial %s failed on the worker", message.get("trial_id"))

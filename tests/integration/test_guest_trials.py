@@ -29,13 +29,18 @@ from workers.host import worker_queues
 pytestmark = [pytest.mark.vm, pytest.mark.redis]
 
 REPO = Path(__file__).resolve().parents[2]
+# short enough for the last test to watch the worker shut its guest down, long
+# enough that no gap between two trials of one test comes near it
+IDLE_S = 30
 
 
 class Farm:
     """A control plane (SQLite in tmp), its scheduler, and one real worker process."""
 
     def __init__(self, tmp: Path) -> None:
-        self.settings = replace(load_settings(), database_url=f"sqlite:///{tmp / 'farm.sqlite'}")
+        self.settings = replace(
+            load_settings(), database_url=f"sqlite:///{tmp / 'farm.sqlite'}", guest_idle_s=IDLE_S
+        )
         upgrade(self.settings.database_url)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = session_factory(self.engine)
@@ -45,6 +50,7 @@ class Farm:
 
         self.app = app
         self.count = 0
+        self.others: frozenset[str] = frozenset()  # guests on this host that are not ours
 
     def run(
         self, *tokens: str, deadline_s: float = 120, cap_s: float | None = None
@@ -92,6 +98,7 @@ def farm(
 ) -> Iterator[Farm]:
     before = frozenset(farm_domains(settle=0))
     farm = Farm(tmp_path_factory.mktemp("farm"))
+    farm.others = before
     try:
         yield farm
     finally:
@@ -184,3 +191,20 @@ def test_scenarios_on_the_installed_kernel_swap_on_zram_and_check_every_page(far
     assert swapped.swap.paged_out_kb == 256 * 4  # every page went to swap before the race
     punched = results[1].program
     assert punched is not None and punched.vma.anon_kb == 128 * 4  # COWs survive a hole punch
+
+
+def test_an_unused_guest_is_shut_down_and_the_next_trial_gets_a_new_one(
+    farm: Farm, farm_domains: Callable[..., list[str]]
+) -> None:
+    """Last in the module: the worker stops paying for a guest nobody uses (guest_idle_s)."""
+    [r] = farm.run("zf1-00000000000000ab~pages=128")
+    assert r.outcome == "ok", r.error
+    assert r.guest is not None and r.guest.name in farm_domains(settle=0, ignore=farm.others)
+    # unused for IDLE_S, then the worker's idle thread (every IDLE_S / 4) shuts it down
+    left = farm_domains(settle=IDLE_S + IDLE_S / 4 + 60, ignore=farm.others)
+    assert r.guest.name not in left, farm.worker.log_tail()
+    assert farm.worker.alive(), farm.worker.log_tail()
+    assert f"shut down the guest of kernel {farm.kernel.name}" in farm.worker.log_tail(200)
+    [again] = farm.run("zf1-00000000000000ac~pages=128")
+    assert again.outcome == "ok" and farm.verdict(again.trial_id) == "clean", again.error
+    assert again.booted and again.guest is not None and again.guest.boot_id != r.guest.boot_id

@@ -8,6 +8,8 @@ guest and travels, as a BootReport, with the next trial's result.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,89 @@ def test_a_quiet_guest_is_kept(kept: tuple[GuestPool, KeptGuest]) -> None:
     run_trial(guest, BEGIN, INSIDE, END)
     assert pool.acquire("k", guest.config.kernel) == (guest, False)
     assert pool.prior_boot is None
+
+
+# Idle guests: shut down after idle_s, their late reports kept for the next trial.
+
+
+def test_an_idle_quiet_guest_is_shut_down_and_a_busy_one_kept(
+    kept: tuple[GuestPool, KeptGuest],
+) -> None:
+    pool, guest = kept
+    pool.idle_s = 300
+    run_trial(guest, BEGIN, INSIDE, END)
+    pool.release("k", tainted=False)
+    ended = pool.last_used["k"]
+    assert pool.retire_idle(now=ended + 299) == []  # used 299 s ago: kept
+    assert pool.guests["k"] is guest
+    assert pool.retire_idle(now=ended + 300) == ["k"]
+    assert "k" not in pool.guests and pool.pending == {}
+    with pytest.raises(GuestError):  # the next trial needs a new guest
+        pool.acquire("k", guest.config.kernel)
+    assert pool.prior_boot is None
+
+
+def test_an_idle_guests_late_report_goes_with_the_next_trial(
+    kept: tuple[GuestPool, KeptGuest], tmp_path: Path
+) -> None:
+    pool, guest = kept
+    run_trial(guest, BEGIN, INSIDE, END)
+    pool.release("k", tainted=False)
+    with guest.console_log.open("ab") as f:
+        f.write(LATE)
+    assert pool.retire_idle(now=pool.last_used["k"] + pool.idle_s) == ["k"]
+    message = {
+        "trial_id": "next",
+        "token": "zf2-8188e2f542964e0c~pages=512",
+        "kernel": {"name": "k", "sha256": sha256_of(guest.config.kernel)},
+        "deadline_s": 60,
+    }
+    result = execute(pool, message, "w", cache_dir=tmp_path)
+    assert result.prior_boot is not None
+    assert (result.prior_boot.boot_id, result.prior_boot.after_trial) == (guest.boot_id, TRIAL)
+    assert result.prior_boot.titles == ["BUG: Bad rss-counter state"]
+    assert pool.pending == {}  # reported once
+
+
+def test_idle_zero_keeps_guests_forever(kept: tuple[GuestPool, KeptGuest]) -> None:
+    pool, guest = kept
+    pool.idle_s = 0
+    pool.release("k", tainted=False)
+    assert pool.retire_idle(now=pool.last_used["k"] + 10**6) == []
+    assert pool.guests["k"] is guest
+
+
+def test_a_guest_is_not_retired_while_a_trial_holds_the_pool(
+    kept: tuple[GuestPool, KeptGuest],
+) -> None:
+    pool, guest = kept
+    pool.release("k", tainted=False)
+    late = pool.last_used["k"] + pool.idle_s
+    retired: list[list[str]] = []
+    with pool.lock:  # as workers.tasks holds it around a trial
+        reaper = threading.Thread(target=lambda: retired.append(pool.retire_idle(now=late)))
+        reaper.start()
+        reaper.join(0.5)
+        assert pool.guests["k"] is guest and retired == []
+    reaper.join(10)
+    assert retired == [["k"]] and "k" not in pool.guests
+
+
+def test_the_worker_thread_retires_idle_guests(kept: tuple[GuestPool, KeptGuest]) -> None:
+    from workers.tasks import retire_idle_guests
+
+    pool, _guest = kept
+    pool.idle_s = 0.2
+    pool.release("k", tainted=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=retire_idle_guests, args=(pool, 0.05, stop), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "k" in pool.guests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "k" not in pool.guests
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
