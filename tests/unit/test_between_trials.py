@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from farm.artifacts.kernels import sha256_of, write_manifest
-from farm.protocol import BootReport
+from farm.protocol import BootReport, TrialResult
 from workers.pool import GuestPool
 from workers.trial import execute
 from workers.vm import Guest, GuestConfig, GuestError, split_trial
@@ -114,6 +114,17 @@ def run_trial(guest: Guest, *console: bytes) -> str:
     return guest.run(TRIAL, [], 5).console
 
 
+def next_trial(pool: GuestPool, guest: Guest, cache_dir: Path) -> TrialResult:
+    """The next trial on the guest's kernel, through the worker's execute()."""
+    message = {
+        "trial_id": "next",
+        "token": "zf2-8188e2f542964e0c~pages=512",
+        "kernel": {"name": "k", "sha256": sha256_of(guest.config.kernel)},
+        "deadline_s": 60,
+    }
+    return execute(pool, message, "w", cache_dir=cache_dir)
+
+
 def test_a_report_after_the_end_marker_is_the_boots_and_retires_the_guest(
     kept: tuple[GuestPool, KeptGuest],
 ) -> None:
@@ -139,13 +150,7 @@ def test_the_boot_report_goes_with_the_next_trials_result(
 ) -> None:
     pool, guest = kept
     run_trial(guest, BEGIN, INSIDE, END, LATE)
-    message = {
-        "trial_id": "next",
-        "token": "zf2-8188e2f542964e0c~pages=512",
-        "kernel": {"name": "k", "sha256": sha256_of(guest.config.kernel)},
-        "deadline_s": 60,
-    }
-    result = execute(pool, message, "w", cache_dir=tmp_path)
+    result = next_trial(pool, guest, tmp_path)
     assert (result.outcome, result.error) == ("infra-error", "no hypervisor in a unit test")
     assert result.prior_boot is not None
     assert (result.prior_boot.boot_id, result.prior_boot.after_trial) == (guest.boot_id, TRIAL)
@@ -201,13 +206,7 @@ def test_an_idle_guests_late_report_goes_with_the_next_trial(
     with guest.console_log.open("ab") as f:
         f.write(LATE)
     assert pool.retire_idle(now=pool.last_used["k"] + pool.idle_s) == ["k"]
-    message = {
-        "trial_id": "next",
-        "token": "zf2-8188e2f542964e0c~pages=512",
-        "kernel": {"name": "k", "sha256": sha256_of(guest.config.kernel)},
-        "deadline_s": 60,
-    }
-    result = execute(pool, message, "w", cache_dir=tmp_path)
+    result = next_trial(pool, guest, tmp_path)
     assert result.prior_boot is not None
     assert (result.prior_boot.boot_id, result.prior_boot.after_trial) == (guest.boot_id, TRIAL)
     assert result.prior_boot.titles == ["BUG: Bad rss-counter state"]
