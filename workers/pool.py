@@ -176,7 +176,7 @@ class GuestPool:
             log.warning(
                 "guest %s %s after trial %s: replacing it",
                 guest.name,
-                "died" if report.died else "printed " + "; ".join(report.titles),
+                happened(report),
                 report.after_trial,
             )
             self.prior_boot = report
@@ -330,7 +330,7 @@ class GuestPool:
                     log.warning(
                         "idle guest %s %s after trial %s: its kernel's next trial reports it",
                         guest.name,
-                        "died" if report.died else "printed " + "; ".join(report.titles),
+                        happened(report),
                         report.after_trial,
                     )
                     self.pending[name] = report
@@ -353,6 +353,11 @@ class GuestPool:
             for slot in self.slots.values():
                 slot.release()
             self.slots.clear()
+
+
+def happened(report: BootReport) -> str:
+    """What a guest did between trials, for the worker's log."""
+    return "died" if report.died else "printed " + "; ".join(report.titles)
 
 
 def between_trials(guest: Guest) -> BootReport | None:
